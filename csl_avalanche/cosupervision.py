@@ -1,0 +1,162 @@
+"""The CSL math as pure tensor functions (DESIGN.md section 1).
+
+Everything here takes tensors and returns tensors on the inputs' device, with no loop over
+samples, so the E-step and the noise reduction run batched on the GPU when there is one.
+Shapes: N samples, K teachers of one level, C classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ASSIGNMENT_RULES = ("class_partition", "likelihood", "kl", "oracle")
+LABEL_KINDS = ("hard", "soft")
+_EPS = 1e-12
+
+
+def assign_teachers(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    rule: str,
+    *,
+    class_to_teacher: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """E-step: the index (0..K-1) of the teacher that supervises each sample, LongTensor [N].
+
+    student_logits [N, C]; teacher_probs [N, K, C]; class_to_teacher [C] (teacher of each class,
+    -1 for a class no teacher covers); targets [N] (ground truth, `oracle` only).
+    `class_partition` routes a sample whose predicted class no teacher covers by `likelihood`.
+    Ties go to the lower teacher index.
+    """
+    _check_shapes(student_logits, teacher_probs)
+    if rule == "class_partition":
+        owner = _require(class_to_teacher, "class_to_teacher", rule).to(student_logits.device)
+        proxy = student_logits.argmax(dim=1)
+        z = owner[proxy]
+        uncovered = z < 0
+        if uncovered.any():
+            z = torch.where(uncovered, _most_likely_teacher(teacher_probs, proxy), z)
+        return z
+    if rule == "likelihood":
+        return _most_likely_teacher(teacher_probs, student_logits.argmax(dim=1))
+    if rule == "kl":
+        log_p = F.log_softmax(student_logits.float(), dim=1)
+        log_q = teacher_probs.float().clamp_min(_EPS).log()
+        # KL(p || q_k) = sum_c p (log p - log q_k); the entropy term is the same for every k.
+        cross = -torch.einsum("nc,nkc->nk", log_p.exp(), log_q)
+        return cross.argmin(dim=1)
+    if rule == "oracle":
+        owner = _require(class_to_teacher, "class_to_teacher", rule).to(student_logits.device)
+        truth = _require(targets, "targets", rule).to(student_logits.device)
+        z = owner[truth]
+        if (z < 0).any():
+            raise ValueError("oracle assignment: some true classes are covered by no teacher")
+        return z
+    raise ValueError(f"unknown assignment rule {rule!r}; choose one of {ASSIGNMENT_RULES}")
+
+
+def gather_targets(teacher_probs: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """t_i = q_{i z_i}: each sample's assigned teacher's class probabilities, [N, C]."""
+    n = teacher_probs.shape[0]
+    return teacher_probs[torch.arange(n, device=teacher_probs.device), assignment]
+
+
+def make_targets(probs: torch.Tensor, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hard labels [N], training targets [N, C]) from target probabilities [N, C].
+
+    `hard` targets are the one-hot of the argmax, `soft` targets the probabilities themselves
+    (renormalised, since cached outputs may be rounded).
+    """
+    hard = probs.argmax(dim=1)
+    if labels == "hard":
+        return hard, F.one_hot(hard, probs.shape[1]).to(probs.dtype)
+    if labels == "soft":
+        return hard, probs / probs.sum(dim=1, keepdim=True).clamp_min(_EPS)
+    raise ValueError(f"unknown label kind {labels!r}; choose one of {LABEL_KINDS}")
+
+
+def topk_of(criterion: str) -> int | None:
+    """`all` -> None, `topK` -> K; anything else is an error that lists the choices."""
+    if criterion == "all":
+        return None
+    if criterion.startswith("top") and criterion[3:].isdigit() and int(criterion[3:]) >= 1:
+        return int(criterion[3:])
+    raise ValueError(f"unknown denoising criterion {criterion!r}; use 'all' or 'topK' (top3 ...)")
+
+
+def in_topk(student_logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """BoolTensor [N]: whether each label is among the student's top-k classes."""
+    top = student_logits.topk(min(k, student_logits.shape[1]), dim=1).indices
+    return (top == labels.unsqueeze(1)).any(dim=1)
+
+
+def select_confident(
+    student_logits: torch.Tensor, labels: torch.Tensor, criterion: str
+) -> torch.Tensor:
+    """Noise reduction: BoolTensor [N], True for the kept samples.
+
+    With criterion `topK`, M = the number of samples whose label is in the student's top-K;
+    keep the M samples with the smallest CE(student, label), ties to the lower index.
+    """
+    if labels.shape != student_logits.shape[:1]:
+        raise ValueError(
+            f"labels have shape {tuple(labels.shape)}, expected [{student_logits.shape[0]}] "
+            f"to match student_logits {tuple(student_logits.shape)}"
+        )
+    k = topk_of(criterion)
+    n = labels.shape[0]
+    if k is None:
+        return torch.ones(n, dtype=torch.bool, device=labels.device)
+    m = int(in_topk(student_logits, labels, k).sum())  # M = rho * N, the consensus count
+    ce = F.cross_entropy(student_logits.float(), labels, reduction="none")
+    order = torch.sort(ce, stable=True).indices
+    keep = torch.zeros(n, dtype=torch.bool, device=labels.device)
+    keep[order[:m]] = True
+    return keep
+
+
+def scaled_epochs(epochs: int, keep_rate: float) -> int:
+    """int(E / rho): the paper keeps the number of steps per level constant."""
+    if not 0.0 < keep_rate <= 1.0:
+        raise ValueError(f"keep rate must be in (0, 1], got {keep_rate}")
+    return int(epochs / keep_rate + 1e-9)
+
+
+def pgr(student_acc: float, weak_acc: float, ceiling_acc: float) -> float:
+    """Performance gap recovered: (student - weak) / (ceiling - weak)."""
+    gap = ceiling_acc - weak_acc
+    if abs(gap) < 1e-12:
+        raise ValueError(
+            f"PGR is undefined: the ceiling accuracy equals the weak accuracy ({weak_acc:.4f}); "
+            "the teachers are as good as the strong student, so there is no gap to recover"
+        )
+    return (student_acc - weak_acc) / gap
+
+
+def _most_likely_teacher(teacher_probs: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
+    """argmax_k log q_k(proxy) under a uniform gate."""
+    n, k, _ = teacher_probs.shape
+    index = proxy.view(n, 1, 1).expand(n, k, 1)
+    return teacher_probs.gather(2, index).squeeze(2).argmax(dim=1)
+
+
+def _check_shapes(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> None:
+    if student_logits.dim() != 2 or teacher_probs.dim() != 3:
+        raise ValueError(
+            f"expected student_logits [N, C] and teacher_probs [N, K, C], got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_probs.shape)}"
+        )
+    n, c = student_logits.shape
+    if teacher_probs.shape[0] != n or teacher_probs.shape[2] != c:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_probs "
+            f"{tuple(teacher_probs.shape)} disagree: expected teacher_probs [{n}, K, {c}]"
+        )
+
+
+def _require(value: torch.Tensor | None, name: str, rule: str) -> torch.Tensor:
+    if value is None:
+        raise ValueError(f"assignment rule {rule!r} needs `{name}`")
+    return value

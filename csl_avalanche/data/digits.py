@@ -1,0 +1,68 @@
+"""The embedded default benchmark: scikit-learn's 8x8 digits, always available offline.
+
+Split (stratified, seeded, disjoint) into a backbone-pretraining part, a teacher part, the
+transfer pool and a test part. The strong student is an MLP pretrained on the pretraining
+part, a stand-in for a foundation model trained on other data; the weak teachers are linear
+models on 4x4 average-pooled images.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from csl_avalanche.cache import TensorCache
+from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.data.pipeline import Budget, SplitData, build_feature_set
+from csl_avalanche.data.registry import register_source
+from csl_avalanche.data.splits import stratified_split
+from csl_avalanche.hierarchy import Hierarchy
+from csl_avalanche.models import mlp_backbone, pooled_linear_teacher
+
+SIDE = 8
+
+
+def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as [1797, 64] floats in [0, 1] and labels as [1797] longs."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+
+
+def split_tensors(
+    x: torch.Tensor, y: torch.Tensor, fractions: dict[str, float], seed: int
+) -> SplitData:
+    """Stratified, seeded split into the four parts named by SplitData."""
+    parts = stratified_split(y, fractions, seed)
+    expected = {"pretrain", "teachers", "pool", "test"}
+    if set(parts) != expected:
+        raise KeyError(
+            f"benchmark.splits must name exactly {sorted(expected)}, got {sorted(parts)}"
+        )
+    return SplitData(**{name: (x[idx], y[idx]) for name, idx in parts.items()})
+
+
+@register_source("digits")
+def digits_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
+    x, y = load_digits_tensors()
+    data = split_tensors(x, y, dict(cfg.benchmark.splits), seed)
+    hierarchy = Hierarchy(OmegaConf.to_object(cfg.benchmark.hierarchy), num_classes=10)
+    student, teacher = cfg.student, cfg.teacher
+    return build_feature_set(
+        data,
+        hierarchy,
+        make_backbone=lambda: mlp_backbone(SIDE * SIDE, student.hidden, student.embed_dim),
+        embed_dim=student.embed_dim,
+        backbone_budget=Budget(
+            student.pretrain.steps, student.pretrain.batch_size, student.pretrain.lr
+        ),
+        make_teacher=lambda: pooled_linear_teacher(SIDE, teacher.pool, 10),
+        teacher_budget=Budget(teacher.steps, teacher.batch_size, teacher.lr),
+        model_config={
+            "student": OmegaConf.to_container(student),
+            "teacher": OmegaConf.to_container(teacher),
+        },
+        cache=cache,
+        seed=seed,
+    )

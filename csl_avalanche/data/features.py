@@ -1,0 +1,143 @@
+"""FeatureSet: everything CSL needs, as tensors; also the on-disk features-file format.
+
+Every benchmark ends here: student embeddings of the transfer pool and the test split, ground
+truth (for the ceiling and diagnostics only), the frozen teachers' class probabilities on both,
+and the hierarchy. Users with embeddings and teacher outputs computed elsewhere save the same
+fields with `torch.save` and run `benchmark=features data.path=FILE`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from csl_avalanche.hierarchy import Hierarchy, HierarchyError
+
+
+class FeaturesFileError(ValueError):
+    """A features file that is missing, incomplete, or whose fields disagree."""
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    train_x: torch.Tensor  # [N, D] student inputs of the transfer pool
+    train_y: torch.Tensor  # [N] ground truth (ceiling and diagnostics only)
+    test_x: torch.Tensor  # [M, D]
+    test_y: torch.Tensor  # [M]
+    teacher_train_probs: torch.Tensor  # [T, N, C]
+    teacher_test_probs: torch.Tensor  # [T, M, C]
+    levels: list[list[int]]  # teacher indices per level; level 0 is one generalist
+    subdomains: list[list[int]]  # classes of each teacher
+
+    @property
+    def num_classes(self) -> int:
+        return self.teacher_train_probs.shape[2]
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return Hierarchy.from_teacher_lists(self.levels, self.subdomains, self.num_classes)
+
+    def validate(self) -> FeatureSet:
+        """Check every shape, dtype and index; raise FeaturesFileError naming what disagrees."""
+        _check_tensor("train_x", self.train_x, dims=2, floating=True)
+        _check_tensor("test_x", self.test_x, dims=2, floating=True)
+        _check_tensor("train_y", self.train_y, dims=1, floating=False)
+        _check_tensor("test_y", self.test_y, dims=1, floating=False)
+        _check_tensor("teacher_train_probs", self.teacher_train_probs, dims=3, floating=True)
+        _check_tensor("teacher_test_probs", self.teacher_test_probs, dims=3, floating=True)
+        n, d = self.train_x.shape
+        m = self.test_x.shape[0]
+        t, _, c = self.teacher_train_probs.shape
+        expect = {
+            "train_y": (self.train_y, (n,)),
+            "test_x": (self.test_x, (m, d)),
+            "test_y": (self.test_y, (m,)),
+            "teacher_train_probs": (self.teacher_train_probs, (t, n, c)),
+            "teacher_test_probs": (self.teacher_test_probs, (t, m, c)),
+        }
+        for name, (tensor, shape) in expect.items():
+            if tuple(tensor.shape) != shape:
+                raise FeaturesFileError(
+                    f"{name} has shape {list(tensor.shape)}, expected {list(shape)} "
+                    f"(N={n} pool samples, M={m} test samples, D={d}, T={t} teachers, C={c})"
+                )
+        for name, labels in (("train_y", self.train_y), ("test_y", self.test_y)):
+            if len(labels) and (labels.min() < 0 or labels.max() >= c):
+                raise FeaturesFileError(
+                    f"{name} holds labels in [{int(labels.min())}, {int(labels.max())}], "
+                    f"outside 0..{c - 1} (C={c} from the teacher probabilities)"
+                )
+        for name in ("teacher_train_probs", "teacher_test_probs"):
+            _check_probabilities(name, getattr(self, name))
+        if len(self.subdomains) != t:
+            raise FeaturesFileError(
+                f"subdomains lists {len(self.subdomains)} teachers, but the teacher "
+                f"probabilities hold T={t}"
+            )
+        try:
+            self.hierarchy  # noqa: B018 - validates levels and subdomains
+        except HierarchyError as err:
+            raise FeaturesFileError(f"levels/subdomains: {err}") from None
+        return self
+
+
+def load_features(path: str | os.PathLike[str]) -> FeatureSet:
+    """Read and validate a features file written with `torch.save(dict)`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FeaturesFileError(
+            f"features file {path} not found; write one with torch.save(dict(train_x=..., "
+            "train_y=..., test_x=..., test_y=..., teacher_train_probs=..., "
+            "teacher_test_probs=..., levels=..., subdomains=...), FILE) (see the README)"
+        )
+    try:
+        raw = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:
+        raise FeaturesFileError(f"{path} is not a torch.save file ({err})") from None
+    names = [f.name for f in fields(FeatureSet)]
+    if not isinstance(raw, dict):
+        raise FeaturesFileError(f"{path} holds a {type(raw).__name__}, expected a dict")
+    missing = [name for name in names if name not in raw]
+    if missing:
+        raise FeaturesFileError(f"{path} lacks keys {missing}; a features file needs {names}")
+    try:
+        levels = [[int(t) for t in lvl] for lvl in raw["levels"]]
+        subdomains = [[int(c) for c in sub] for sub in raw["subdomains"]]
+    except (TypeError, ValueError):
+        raise FeaturesFileError(
+            f"{path}: `levels` and `subdomains` must be lists of lists of integers"
+        ) from None
+    tensors = {name: raw[name] for name in names if name not in ("levels", "subdomains")}
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise FeaturesFileError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
+    return FeatureSet(**tensors, levels=levels, subdomains=subdomains).validate()
+
+
+def save_features(features: FeatureSet, path: str | os.PathLike[str]) -> None:
+    torch.save({f.name: getattr(features, f.name) for f in fields(FeatureSet)}, path)
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, *, dims: int, floating: bool) -> None:
+    if tensor.dim() != dims:
+        raise FeaturesFileError(f"{name} must have {dims} dimensions, got {list(tensor.shape)}")
+    if tensor.is_floating_point() != floating:
+        kind = "a floating-point" if floating else "an integer"
+        raise FeaturesFileError(f"{name} must be {kind} tensor, got {tensor.dtype}")
+
+
+def _check_probabilities(name: str, probs: torch.Tensor) -> None:
+    if probs.numel() == 0:
+        return
+    sums = probs.sum(dim=2)
+    if probs.min() < 0 or (sums - 1).abs().max() > 1e-3:
+        worst = int((sums - 1).abs().flatten().argmax())
+        teacher, sample = divmod(worst, sums.shape[1])
+        raise FeaturesFileError(
+            f"{name} must hold probabilities (non-negative, each row summing to 1); "
+            f"teacher {teacher}, sample {sample} sums to {float(sums[teacher, sample]):.4f}. "
+            "Apply softmax to logits before saving"
+        )

@@ -1,0 +1,177 @@
+"""One weak-to-strong experiment: weak accuracy, ground-truth ceiling, then the configured
+strategy level by level, evaluated on the test stream after every level."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.logging import TensorboardLogger, TextLogger
+from avalanche.training.plugins import EvaluationPlugin
+from omegaconf import DictConfig, OmegaConf
+
+import csl_avalanche.data  # noqa: F401 - registers the benchmark sources
+from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
+from csl_avalanche.cache import TensorCache
+from csl_avalanche.cosupervision import pgr
+from csl_avalanche.data.registry import build_features
+from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric
+from csl_avalanche.models import linear_probe
+from csl_avalanche.plugins.progress import EpochProgressPlugin
+from strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
+
+log = logging.getLogger(__name__)
+STRATEGIES = {"csl": CSLStrategy, "w2s": WeakToStrong}
+STREAM_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "device=cuda was asked for, but torch sees no CUDA device; use device=auto"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run the experiment `cfg` describes; write TensorBoard logs and results.json to run_dir."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    device = resolve_device(cfg.device)
+    if cfg.strategy.name not in STRATEGIES:
+        raise KeyError(
+            f"unknown strategy.name {cfg.strategy.name!r}; choose one of {list(STRATEGIES)}"
+        )
+
+    features = build_features(cfg, TensorCache(cfg.cache_dir), seed)
+    benchmark = make_csl_benchmark(features)
+    weak = teacher_test_accuracy(benchmark, teacher=0)
+    ceiling = _run_ceiling(cfg, benchmark, device, run_dir)
+
+    seed_everything(seed)
+    strategy = _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling)
+    levels, train_seconds = [], []
+    for experience in strategy.levels(benchmark.train_stream):
+        start = time.perf_counter()
+        strategy.train(experience, eval_streams=[])
+        stats = strategy.level_statistics[-1]
+        train_seconds.append(time.perf_counter() - start - stats.estep_seconds)
+        metrics = strategy.eval(benchmark.test_stream)
+        accuracy = metrics[STREAM_ACCURACY]
+        levels.append(
+            {
+                "level": experience.level,
+                "num_teachers": experience.num_teachers,
+                "student_accuracy": accuracy,
+                "pgr": pgr(accuracy, weak, ceiling),
+                "subdomain_accuracy": _subdomain_accuracy(metrics, benchmark),
+                **{
+                    k: v
+                    for k, v in stats.as_dict().items()
+                    if k not in ("level", "num_teachers", "estep_seconds")
+                },
+            }
+        )
+    results = {
+        "weak_accuracy": weak,
+        "ceiling_accuracy": ceiling,
+        "levels": levels,
+        "timings": {
+            "train_seconds": train_seconds,
+            "estep_seconds": [s.estep_seconds for s in strategy.level_statistics],
+        },
+        "seed": seed,
+        "device": str(device),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int) -> float:
+    """Accuracy of one teacher's argmax on the whole test split (teacher 0: the generalist)."""
+    features = benchmark.features
+    predictions = features.teacher_test_probs[teacher].argmax(dim=1)
+    return (predictions == features.test_y).float().mean().item()
+
+
+def _student(benchmark: CSLBenchmark) -> torch.nn.Module:
+    return linear_probe(benchmark.features.train_x.shape[1], benchmark.features.num_classes)
+
+
+def _evaluator(cfg: DictConfig, log_dir: Path, *extra_metrics) -> EvaluationPlugin:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    text_log = open(log_dir / "avalanche.log", "a")  # noqa: SIM115 - owned by the logger
+    return EvaluationPlugin(
+        accuracy_metrics(experience=True, stream=True),
+        *extra_metrics,
+        loggers=[TensorboardLogger(tb_log_dir=str(log_dir)), TextLogger(text_log)],
+    )
+
+
+def _common_kwargs(cfg: DictConfig, device: torch.device) -> dict:
+    s = cfg.strategy
+    return {
+        "lr": s.lr,
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "seed": int(cfg.seed),
+        "device": device,
+    }
+
+
+def _run_ceiling(cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path) -> float:
+    seed_everything(int(cfg.seed))
+    plugins = [EpochProgressPlugin("ceiling")] if cfg.progress else []
+    strategy = GroundTruthCeiling(
+        model=_student(benchmark),
+        evaluator=_evaluator(cfg, run_dir / "tb" / "ceiling"),
+        plugins=plugins,
+        **_common_kwargs(cfg, device),
+    )
+    strategy.train(benchmark.ceiling_stream[0], eval_streams=[])
+    return strategy.eval(benchmark.test_stream)[STREAM_ACCURACY]
+
+
+def _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling) -> CSLStrategy:
+    s = cfg.strategy
+    plugins = [EpochProgressPlugin(s.name)] if cfg.progress else []
+    return STRATEGIES[s.name](
+        model=_student(benchmark),
+        features=benchmark.features,
+        assignment=s.assignment,
+        labels=s.labels,
+        denoise=s.denoise,
+        scale_epochs=s.scale_epochs,
+        reinit_student=s.reinit_student,
+        evaluator=_evaluator(
+            cfg, run_dir / "tb" / s.name, PGRMetric(weak, ceiling), LevelStatisticsMetric()
+        ),
+        plugins=plugins,
+        **_common_kwargs(cfg, device),
+    )
+
+
+def _subdomain_accuracy(metrics: dict, benchmark: CSLBenchmark) -> dict[str, float]:
+    prefix = "Top1_Acc_Exp/eval_phase/test_stream/Exp"
+    return {
+        name: metrics[f"{prefix}{index:03d}"]
+        for index, name in enumerate(benchmark.subdomain_names())
+    }

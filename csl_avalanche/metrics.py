@@ -1,0 +1,85 @@
+"""Avalanche metrics for weak-to-strong learning.
+
+Per-subdomain accuracy is Avalanche's own experience accuracy on the test stream (one
+experience per finest subdomain). These add PGR and the co-supervision statistics; values are
+Python floats (TensorboardLogger drops numpy scalars and logs 0-d tensors as histograms), and
+per-level values are plotted against the number of levels trained so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+from avalanche.evaluation.metrics import Accuracy
+
+from csl_avalanche.cosupervision import pgr
+from csl_avalanche.plugins.cosupervision import LevelStatistics
+
+
+class PGRMetric(PluginMetric[float]):
+    """Performance gap recovered by the student's accuracy over a whole evaluated stream.
+
+    `weak_accuracy` (the level-0 generalist on the test split) and `ceiling_accuracy` (the
+    student trained on ground truth, same budget) are measured in the same run.
+    """
+
+    def __init__(self, weak_accuracy: float, ceiling_accuracy: float):
+        super().__init__()
+        pgr(weak_accuracy, weak_accuracy, ceiling_accuracy)  # fail now if the gap is zero
+        self.weak_accuracy = weak_accuracy
+        self.ceiling_accuracy = ceiling_accuracy
+        self._accuracy = Accuracy()
+        self._stream = "test_stream"
+
+    def reset(self) -> None:
+        self._accuracy.reset()
+
+    def result(self) -> float:
+        return pgr(self._accuracy.result(), self.weak_accuracy, self.ceiling_accuracy)
+
+    def before_eval(self, strategy) -> None:
+        self.reset()
+
+    def after_eval_iteration(self, strategy) -> None:
+        self._accuracy.update(strategy.mb_output, strategy.mb_y)
+
+    def after_eval_exp(self, strategy) -> None:
+        self._stream = strategy.experience.origin_stream.name
+
+    def after_eval(self, strategy) -> list[MetricValue]:
+        name = f"PGR/eval_phase/{self._stream}_stream"
+        return [MetricValue(self, name, float(self.result()), strategy.clock.train_exp_counter)]
+
+    def __str__(self) -> str:
+        return "PGR"
+
+
+class LevelStatisticsMetric(PluginMetric[dict]):
+    """Emits the CoSupervisionPlugin's per-level statistics once the level's data is built."""
+
+    def __init__(self):
+        super().__init__()
+        self._last: LevelStatistics | None = None
+
+    def reset(self) -> None:
+        self._last = None
+
+    def result(self) -> dict:
+        return {} if self._last is None else self._last.as_dict()
+
+    def after_train_dataset_adaptation(self, strategy) -> list[MetricValue]:
+        self._last = getattr(strategy.experience, "level_statistics", None)
+        if self._last is None:
+            return []
+        values = []
+        for field in fields(LevelStatistics):
+            value = getattr(self._last, field.name)
+            if field.name != "level" and value is not None:
+                name = f"CSL/{field.name}/train_stream"
+                values.append(MetricValue(self, name, float(value), self._last.level))
+        return values
+
+    def __str__(self) -> str:
+        return "CSL"

@@ -1,0 +1,146 @@
+"""CoSupervisionPlugin: CSL's E-step and noise reduction at the start of every level.
+
+Glue only: the math is in `csl_avalanche.cosupervision`. Before the level's dataset is adapted,
+the plugin runs the previous student over the whole pool (batched, on the strategy's device),
+assigns teachers, builds hard or soft targets, selects the kept samples, and replaces the
+experience's dataset with the kept, relabelled pool, so everything downstream (the loader,
+replay buffers, EWC's Fisher pass) sees teacher labels only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+from csl_avalanche import cosupervision as cs
+from csl_avalanche.benchmark import labelled_dataset
+from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.fit import predict
+
+TARGET_RULES = (*cs.ASSIGNMENT_RULES, "ensemble")
+
+
+@dataclass(frozen=True)
+class LevelStatistics:
+    """What the E-step and the selection did at one level (ground truth used only here)."""
+
+    level: int
+    num_teachers: int
+    keep_rate: float
+    label_precision: float  # of the kept set: fraction whose assigned label is correct
+    label_recall: float  # of the correctly labelled samples: fraction kept
+    assignment_accuracy: float | None  # agreement with the oracle assignment (None: ensemble)
+    teacher_accuracy: float  # accuracy of the assigned labels over the whole pool
+    epochs: int
+    estep_seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class CoSupervisionPlugin(SupervisedPlugin):
+    """Relabels and filters each level's pool; `stats` holds one LevelStatistics per level.
+
+    assignment: a rule of `cosupervision.assign_teachers`, or `ensemble` (the mean of the
+    level's teachers). labels: `hard` or `soft`. denoise: `all` or `topK`; level 0 is never
+    filtered. scale_epochs: train int(E / keep_rate) epochs so the steps per level stay equal.
+    """
+
+    def __init__(
+        self,
+        features: FeatureSet,
+        *,
+        assignment: str = "class_partition",
+        labels: str = "hard",
+        denoise: str = "top3",
+        scale_epochs: bool = True,
+    ):
+        super().__init__()
+        if assignment not in TARGET_RULES:
+            raise ValueError(f"unknown assignment {assignment!r}; choose one of {TARGET_RULES}")
+        if labels not in cs.LABEL_KINDS:
+            raise ValueError(f"unknown labels {labels!r}; choose one of {cs.LABEL_KINDS}")
+        cs.topk_of(denoise)  # validates the criterion now rather than at level 1
+        self.features = features
+        self.hierarchy = features.hierarchy
+        self.assignment = assignment
+        self.labels = labels
+        self.denoise = denoise
+        self.scale_epochs = scale_epochs
+        self.stats: list[LevelStatistics] = []
+
+    def before_train_dataset_adaptation(self, strategy, **kwargs) -> None:
+        experience = strategy.experience
+        level = experience.level
+        start = time.perf_counter()
+        device = strategy.device
+        truth = self.features.train_y.to(device)
+        probs = self.features.teacher_train_probs[self.hierarchy.teacher_slice(level)]
+        probs = probs.to(device).permute(1, 0, 2)  # [N, K, C]
+        owner = self.hierarchy.class_to_teacher(level).to(device)
+
+        if level == 0:
+            assignment = torch.zeros(len(truth), dtype=torch.long, device=device)
+            logits = None
+        else:
+            logits = predict(strategy.model, self.features.train_x)
+            assignment = self._assign(logits, probs, owner, truth)
+        target_probs = (
+            probs.mean(dim=1) if assignment is None else cs.gather_targets(probs, assignment)
+        )
+        hard, targets = cs.make_targets(target_probs, self.labels)
+        if logits is None:
+            keep = torch.ones_like(hard, dtype=torch.bool)
+        else:
+            keep = cs.select_confident(logits, hard, self.denoise)
+        keep_rate = keep.float().mean().item()
+        self._check_enough(keep, strategy.train_mb_size, level)
+
+        epochs = strategy.base_epochs
+        if self.scale_epochs:
+            epochs = cs.scaled_epochs(epochs, keep_rate)
+        strategy.train_epochs = epochs
+        kept = keep.nonzero().flatten()
+        experience.dataset = labelled_dataset(
+            self.features.train_x[kept.cpu()],
+            hard[kept].cpu(),
+            self.features.num_classes,
+            targets[kept].cpu(),
+        )
+
+        correct = hard == truth
+        stats = LevelStatistics(
+            level=level,
+            num_teachers=probs.shape[1],
+            keep_rate=keep_rate,
+            label_precision=correct[keep].float().mean().item(),
+            label_recall=(correct & keep).sum().item() / max(1, correct.sum().item()),
+            assignment_accuracy=(
+                None if assignment is None else (assignment == owner[truth]).float().mean().item()
+            ),
+            teacher_accuracy=correct.float().mean().item(),
+            epochs=epochs,
+            estep_seconds=time.perf_counter() - start,
+        )
+        self.stats.append(stats)
+        experience.level_statistics = stats
+
+    def _assign(self, logits, probs, owner, truth) -> torch.Tensor | None:
+        if self.assignment == "ensemble":
+            return None
+        return cs.assign_teachers(
+            logits, probs, self.assignment, class_to_teacher=owner, targets=truth
+        )
+
+    def _check_enough(self, keep: torch.Tensor, batch_size: int, level: int) -> None:
+        kept = int(keep.sum())
+        if kept < batch_size:
+            raise RuntimeError(
+                f"level {level}: denoising criterion {self.denoise!r} kept {kept} of "
+                f"{len(keep)} samples (keep rate {kept / len(keep):.3f}), fewer than one batch "
+                f"of {batch_size}; use a looser criterion (e.g. strategy.denoise=top3 or all) "
+                "or a smaller strategy.batch_size"
+            )

@@ -1,0 +1,55 @@
+"""Weak teachers: one frozen model per subdomain, each with the same training budget.
+
+Teacher k draws its training batches only from examples of its own classes, for the same
+number of steps as every other teacher, so a specialist sees more examples per class than the
+generalist; that is what makes specialists worth having (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from csl_avalanche.fit import fit_classifier, predict
+from csl_avalanche.hierarchy import Hierarchy
+
+
+def train_teachers(
+    hierarchy: Hierarchy,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    make_model: Callable[[], nn.Module],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> list[nn.Module]:
+    """Train one teacher per subdomain of every level, in global teacher order."""
+    subdomains = [sub for level in hierarchy.levels for sub in level]
+    teachers = []
+    for index, classes in enumerate(tqdm(subdomains, desc="weak teachers", leave=False)):
+        mask = torch.isin(y, torch.tensor(classes))
+        if not mask.any():
+            raise ValueError(f"teacher {index} (classes {list(classes)}) has no training examples")
+        torch.manual_seed(seed + index)
+        teachers.append(
+            fit_classifier(
+                make_model(),
+                x[mask],
+                y[mask],
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed + index,
+            )
+        )
+    return teachers
+
+
+def teacher_probabilities(teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of every teacher on `x`: [T, N, C]."""
+    return torch.stack([predict(teacher, x).softmax(dim=1) for teacher in teachers])

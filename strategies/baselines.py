@@ -1,0 +1,22 @@
+"""The weak-to-strong baselines that CSL is measured against."""
+
+from __future__ import annotations
+
+from strategies.csl import CSLStrategy
+from strategies.student import StudentTemplate
+
+
+class WeakToStrong(CSLStrategy):
+    """Burns et al.'s weak-to-strong: the student on the level-0 generalist's labels only."""
+
+    max_levels = 1
+
+
+class GroundTruthCeiling(StudentTemplate):
+    """The same student with the same budget on the pool's ground truth: PGR's ceiling.
+
+    Train it on `benchmark.ceiling_stream`, the only stream whose labels are ground truth.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(labels="hard", reinit_student=False, **kwargs)

@@ -1,0 +1,107 @@
+"""The strong student's training loop, as the paper runs it, on Avalanche's SupervisedTemplate.
+
+Per experience (hierarchy level): a fresh Adam optimiser with a cosine schedule over the
+level's steps, optionally a freshly initialised model, hard or soft targets, and batches
+gathered from in-memory tensors when the inputs are cached features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+from csl_avalanche.cosupervision import LABEL_KINDS
+from csl_avalanche.loader import InMemoryBatchLoader
+
+
+class StudentTemplate(SupervisedTemplate):
+    """SupervisedTemplate with the paper's optimisation recipe.
+
+    `labels="soft"` trains on the probability vectors carried as the dataset's third column;
+    `labels="hard"` on `y`. `reinit_student=True` re-initialises every module of the model
+    (seeded by `seed` and the experience count) before each experience after the first.
+    `in_memory=True` uses InMemoryBatchLoader (set it False for image datasets with
+    augmentation, where each epoch must re-read the samples).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        lr: float,
+        epochs: int,
+        batch_size: int,
+        labels: str = "hard",
+        reinit_student: bool = True,
+        in_memory: bool = True,
+        seed: int = 0,
+        eval_batch_size: int = 1024,
+        **kwargs,
+    ):
+        if labels not in LABEL_KINDS:
+            raise ValueError(f"labels must be one of {LABEL_KINDS}, got {labels!r}")
+        super().__init__(
+            model=model,
+            optimizer=torch.optim.Adam(model.parameters(), lr=lr),
+            criterion=nn.CrossEntropyLoss(),
+            train_mb_size=batch_size,
+            eval_mb_size=eval_batch_size,
+            train_epochs=epochs,
+            **kwargs,
+        )
+        self.lr = lr
+        self.base_epochs = epochs
+        self.labels = labels
+        self.reinit_student = reinit_student
+        self.in_memory = in_memory
+        self.seed = seed
+        self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def criterion(self) -> torch.Tensor:
+        if self.is_training and self.labels == "soft":
+            return F.cross_entropy(self.mb_output, self.mbatch[2])
+        return self._criterion(self.mb_output, self.mb_y)
+
+    def check_model_and_optimizer(self, **kwargs) -> None:
+        if self.reinit_student and self.clock.train_exp_counter > 0:
+            torch.manual_seed(self.seed + self.clock.train_exp_counter)
+            for module in self.model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        super().check_model_and_optimizer(**kwargs)
+
+    def make_optimizer(self, **kwargs) -> None:
+        """A fresh Adam at every experience, as the paper trains each level from scratch."""
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        self.optimized_param_id = {id(p): p for p in self.model.parameters()}
+
+    def _before_training_exp(self, **kwargs) -> None:
+        super()._before_training_exp(**kwargs)
+        # After the plugins: they may have changed the epochs (CSL) or the loader (replay).
+        total_steps = max(1, self.train_epochs * len(self.dataloader))
+        self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
+
+    def optimizer_step(self) -> None:
+        super().optimizer_step()
+        self.lr_scheduler.step()
+
+    def make_train_dataloader(self, shuffle: bool = True, **kwargs) -> None:
+        if not self.in_memory:
+            return super().make_train_dataloader(shuffle=shuffle, **kwargs)
+        generator = torch.Generator().manual_seed(self.seed + 1000 * self.clock.train_exp_counter)
+        self.dataloader = InMemoryBatchLoader(
+            self.adapted_dataset,
+            batch_size=self.train_mb_size,
+            shuffle=shuffle,
+            generator=generator,
+            device=self.device,
+        )
+
+    def make_eval_dataloader(self, **kwargs) -> None:
+        if not self.in_memory:
+            return super().make_eval_dataloader(**kwargs)
+        self.dataloader = InMemoryBatchLoader(
+            self.adapted_dataset, batch_size=self.eval_mb_size, shuffle=False, device=self.device
+        )
