@@ -10,7 +10,7 @@ from torch import nn
 
 
 def mlp_backbone(in_dim: int, hidden: int, embed_dim: int) -> nn.Module:
-    """A small MLP feature extractor for flat inputs (the digits stand-in for a foundation model)."""
+    """A small MLP feature extractor for flat inputs (digits' stand-in for a foundation model)."""
     return nn.Sequential(
         nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim), nn.ReLU()
     )

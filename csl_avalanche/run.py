@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 def summary_table(results: dict) -> str:
     """The per-level results as an aligned text table."""
-    head = f"{'level':>5} {'teachers':>8} {'teacher_acc':>11} {'keep':>6} {'student_acc':>11} {'PGR':>7}"
+    head = (
+        f"{'level':>5} {'teachers':>8} {'teacher_acc':>11} {'keep':>6} "
+        f"{'student_acc':>11} {'PGR':>7}"
+    )
     rows = [
         f"weak (level-0 generalist) accuracy {results['weak_accuracy']:.4f}   "
         f"ceiling (ground truth) accuracy {results['ceiling_accuracy']:.4f}",
