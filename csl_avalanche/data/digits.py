@@ -59,10 +59,8 @@ def digits_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSe
         ),
         make_teacher=lambda: pooled_linear_teacher(SIDE, teacher.pool, 10),
         teacher_budget=Budget(teacher.steps, teacher.batch_size, teacher.lr),
-        model_config={
-            "student": OmegaConf.to_container(student),
-            "teacher": OmegaConf.to_container(teacher),
-        },
+        backbone_config=OmegaConf.to_container(student),
+        teacher_config=OmegaConf.to_container(teacher),
         cache=cache,
         seed=seed,
     )

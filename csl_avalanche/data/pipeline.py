@@ -51,17 +51,18 @@ def build_feature_set(
     backbone_budget: Budget,
     make_teacher: Callable[[], nn.Module],
     teacher_budget: Budget,
-    model_config: dict,
+    backbone_config: dict,
+    teacher_config: dict,
     cache: TensorCache,
     seed: int,
 ) -> FeatureSet:
     """Pretrain (or load from cache) the backbone and the teachers, then extract everything.
 
-    `model_config` is whatever describes the two factories (architecture names and sizes); it is
-    part of every cache key, as are the data, the budgets and the seed.
+    `backbone_config` and `teacher_config` describe the two factories (architecture names and
+    sizes); each is part of its own models' cache keys, as are the data, budgets and seed.
     """
     backbone = make_backbone()
-    backbone_key = fingerprint("backbone", data.pretrain, model_config, backbone_budget, seed)
+    backbone_key = fingerprint("backbone", data.pretrain, backbone_config, backbone_budget, seed)
     backbone.load_state_dict(
         cache.get_or_compute(
             "backbone",
@@ -84,7 +85,7 @@ def build_feature_set(
     )
 
     teacher_key = fingerprint(
-        "teachers", data.teachers, hierarchy.as_lists(), model_config, teacher_budget, seed
+        "teachers", data.teachers, hierarchy.as_lists(), teacher_config, teacher_budget, seed
     )
     states = cache.get_or_compute(
         "teachers",

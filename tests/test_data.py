@@ -1,0 +1,94 @@
+"""Splits, the cache, and the digits source."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from csl_avalanche.cache import CacheError, TensorCache, fingerprint
+from csl_avalanche.data.digits import digits_features, load_digits_tensors
+from csl_avalanche.data.splits import stratified_split
+
+FRACTIONS = {"pretrain": 0.2, "teachers": 0.25, "pool": 0.35, "test": 0.2}
+
+
+def test_stratified_split_is_disjoint_seeded_and_stratified():
+    _, y = load_digits_tensors()
+    parts = stratified_split(y, FRACTIONS, seed=0)
+    everything = torch.cat(list(parts.values()))
+    assert len(everything) == len(torch.unique(everything)) == len(y)  # disjoint, complete
+    for name, fraction in FRACTIONS.items():
+        counts = torch.bincount(y[parts[name]], minlength=10)
+        expected = torch.bincount(y, minlength=10) * fraction
+        assert (counts - expected).abs().max() <= 1, name
+    again = stratified_split(y, FRACTIONS, seed=0)
+    other = stratified_split(y, FRACTIONS, seed=1)
+    assert all(torch.equal(parts[k], again[k]) for k in parts)
+    assert not torch.equal(parts["pool"], other["pool"])
+
+
+def test_split_fractions_are_checked():
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        stratified_split(torch.arange(10) % 2, {"a": 0.7, "b": 0.6}, seed=0)
+
+
+def test_cache_reuses_and_keys_by_content(tmp_path):
+    cache = TensorCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(5)}
+
+    key = fingerprint(torch.arange(3), {"lr": 0.1})
+    first = cache.get_or_compute("thing", key, compute)
+    second = cache.get_or_compute("thing", key, compute)
+    assert torch.equal(first["x"], second["x"]) and len(calls) == 1
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert fingerprint(torch.arange(3), {"lr": 0.2}) != key
+    assert fingerprint(torch.arange(3).float(), {"lr": 0.1}) != key
+
+
+def test_cache_reports_unreadable_and_stale_files(tmp_path):
+    cache = TensorCache(tmp_path)
+    key = fingerprint("a")
+    cache.path("thing", key).write_bytes(b"not a torch file")
+    with pytest.raises(CacheError, match="unreadable.*delete it"):
+        cache.get_or_compute("thing", key, lambda: 1)
+    torch.save({"key": "other", "value": 1}, cache.path("thing", key))
+    with pytest.raises(CacheError, match="stale"):
+        cache.get_or_compute("thing", key, lambda: 1)
+
+
+def digits_config():
+    return OmegaConf.create(
+        {
+            "benchmark": {
+                "name": "digits",
+                "splits": FRACTIONS,
+                "hierarchy": [[list(range(10))], [list(range(6)), [6, 7, 8, 9]]],
+            },
+            "teacher": {"pool": 2, "steps": 20, "batch_size": 16, "lr": 0.01},
+            "student": {
+                "hidden": 16,
+                "embed_dim": 8,
+                "pretrain": {"steps": 20, "batch_size": 16, "lr": 0.01},
+            },
+        }
+    )
+
+
+def test_digits_source_reuses_its_cache_on_a_second_run(tmp_path):
+    cfg = digits_config()
+    first_cache = TensorCache(tmp_path)
+    first = digits_features(cfg, first_cache, seed=0)
+    assert first_cache.misses == 4 and first_cache.hits == 0
+    second_cache = TensorCache(tmp_path)
+    second = digits_features(cfg, second_cache, seed=0)
+    assert second_cache.misses == 0 and second_cache.hits == 4
+    assert torch.equal(first.teacher_train_probs, second.teacher_train_probs)
+    assert torch.equal(first.train_x, second.train_x)
+    assert first.teacher_train_probs.shape == (3, len(first.train_y), 10)
+    cfg.teacher.steps = 21  # a different teacher budget must not reuse the teachers
+    third_cache = TensorCache(tmp_path)
+    digits_features(cfg, third_cache, seed=0)
+    assert third_cache.hits == 2 and third_cache.misses == 2  # backbone + embeddings reused

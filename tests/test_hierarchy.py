@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from csl_avalanche.hierarchy import Hierarchy, HierarchyError
+
+DIGITS = [
+    [list(range(10))],
+    [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]],
+    [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]],
+]
+
+
+def test_valid_hierarchy_and_its_indexing():
+    h = Hierarchy(DIGITS, num_classes=10)
+    assert h.teachers_per_level() == [1, 2, 5]
+    assert h.num_teachers == 8
+    assert h.teacher_slice(2) == slice(3, 8)
+    assert h.class_to_teacher(1).tolist() == [0] * 6 + [1] * 4
+    assert torch.equal(h.class_to_teacher(2), torch.arange(10) // 2)
+
+
+def test_contiguous_blocks_like_the_paper():
+    h = Hierarchy.contiguous_blocks(1000, [1, 2, 4, 8])
+    assert h.teachers_per_level() == [1, 2, 4, 8]
+    assert h.levels[3][0] == tuple(range(125))
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        ([[[0, 1, 2]], [[0, 1], [1, 2]]], "class 1 is in subdomains 0 and 1"),
+        ([[[0, 1, 2]], [[0], [1]]], r"does not cover classes \[2\]"),
+        ([[[0, 1, 2]], [[0, 1, 2], []]], "level 1, subdomain 1 is empty"),
+        ([[[0, 1, 2]], [[0, 1], [2, 3]]], "has class 3, outside 0..2"),
+        ([[[0, 1, 2, 3]], [[0, 1], [2, 3]], [[0], [1, 2], [3]]], "spans subdomains"),
+        ([[[0, 1], [2]]], "level 0 must hold exactly one generalist"),
+        ([], "at least level 0"),
+    ],
+)
+def test_invalid_hierarchies_say_what_is_wrong(levels, message):
+    n = 4 if levels and 3 in levels[0][0] else 3
+    with pytest.raises(HierarchyError, match=message):
+        Hierarchy(levels, num_classes=n)
+
+
+def test_teacher_lists_must_be_in_level_order():
+    with pytest.raises(HierarchyError, match="in order"):
+        Hierarchy.from_teacher_lists([[0], [2, 1]], [[0, 1], [0], [1]], 2)
+    h = Hierarchy.from_teacher_lists([[0], [1, 2]], [[0, 1], [0], [1]], 2)
+    assert h.levels == (((0, 1),), ((0,), (1,)))

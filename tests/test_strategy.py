@@ -1,0 +1,176 @@
+"""The CSL strategy and its plugin on a tiny feature set, through Avalanche."""
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+
+from csl_avalanche import cosupervision as cs
+from csl_avalanche.benchmark import make_csl_benchmark
+from csl_avalanche.loader import InMemoryBatchLoader
+from strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
+
+
+class RecordLevel(SupervisedPlugin):
+    """Runs after the co-supervision plugin: recomputes its work with the pure functions."""
+
+    def __init__(self, features, rule="class_partition", labels="hard", denoise="top3"):
+        super().__init__()
+        self.features, self.rule, self.labels, self.denoise = features, rule, labels, denoise
+        self.seen = []
+
+    def before_train_dataset_adaptation(self, strategy, **kwargs):
+        exp = strategy.experience
+        data = exp.dataset
+        record = {
+            "level": exp.level,
+            "x": torch.stack([data[i][0] for i in range(len(data))]),
+            "y": torch.tensor([data[i][1] for i in range(len(data))]),
+            "target": torch.stack([data[i][2] for i in range(len(data))]),
+            "epochs": strategy.train_epochs,
+        }
+        if exp.level > 0:
+            h = self.features.hierarchy
+            with torch.no_grad():
+                logits = strategy.model(self.features.train_x)
+            teacher_probs = self.features.teacher_train_probs[h.teacher_slice(exp.level)]
+            teacher_probs = teacher_probs.permute(1, 0, 2)
+            z = cs.assign_teachers(
+                logits, teacher_probs, self.rule, class_to_teacher=h.class_to_teacher(exp.level)
+            )
+            hard, target = cs.make_targets(cs.gather_targets(teacher_probs, z), self.labels)
+            keep = cs.select_confident(logits, hard, self.denoise)
+            record["expected"] = (hard[keep], target[keep], keep)
+        self.seen.append(record)
+
+
+def make_csl(features, strategy_cls=CSLStrategy, plugins=(), **kwargs):
+    torch.manual_seed(0)
+    options = {"lr": 0.05, "epochs": 3, "batch_size": 16, "seed": 0}
+    options.update(kwargs)
+    return strategy_cls(
+        model=torch.nn.Linear(features.train_x.shape[1], features.num_classes),
+        features=features,
+        plugins=list(plugins),
+        evaluator=EvaluationPlugin(),
+        **options,
+    )
+
+
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_each_level_trains_on_the_kept_relabelled_pool(tiny_features, labels):
+    recorder = RecordLevel(tiny_features, labels=labels)
+    strategy = make_csl(tiny_features, plugins=[recorder], labels=labels)
+    benchmark = make_csl_benchmark(tiny_features)
+    for experience in benchmark.train_stream:
+        strategy.train(experience, eval_streams=[])
+
+    level0, level1 = recorder.seen
+    generalist = tiny_features.teacher_train_probs[0]
+    assert torch.equal(level0["y"], generalist.argmax(1))  # all kept, teacher labels
+    if labels == "soft":
+        assert torch.allclose(level0["target"], generalist)
+    hard, target, keep = level1["expected"]
+    assert torch.equal(level1["y"], hard)
+    assert torch.allclose(level1["target"], target)
+    assert torch.equal(level1["x"], tiny_features.train_x[keep])
+    stats = strategy.level_statistics
+    assert [s.level for s in stats] == [0, 1]
+    assert stats[0].keep_rate == 1.0 and stats[0].epochs == 3
+    assert stats[1].keep_rate == pytest.approx(keep.float().mean().item())
+    assert stats[1].epochs == level1["epochs"] == cs.scaled_epochs(3, stats[1].keep_rate)
+    truth = tiny_features.train_y
+    correct = hard == truth[keep]
+    assert stats[1].label_precision == pytest.approx(correct.float().mean().item())
+    # the stream itself keeps its original experience: the plugin changed the strategy's copy
+    assert len(benchmark.train_stream[1].dataset) == len(truth)
+
+
+def test_statistics_by_hand_for_oracle_and_ensemble(tiny_features):
+    benchmark = make_csl_benchmark(tiny_features)
+    oracle = make_csl(tiny_features, assignment="oracle", denoise="all")
+    ensemble = make_csl(tiny_features, assignment="ensemble", denoise="all")
+    for strategy in (oracle, ensemble):
+        for experience in benchmark.train_stream:
+            strategy.train(experience, eval_streams=[])
+    assert oracle.level_statistics[1].assignment_accuracy == 1.0
+    assert oracle.level_statistics[1].keep_rate == 1.0
+    specialists = tiny_features.teacher_train_probs[1:3]
+    owner = tiny_features.train_y // 2  # teacher 1 owns {0, 1}, teacher 2 owns {2, 3}
+    oracle_labels = specialists[owner, torch.arange(len(owner))].argmax(1)
+    accuracy = (oracle_labels == tiny_features.train_y).float().mean().item()
+    assert oracle.level_statistics[1].teacher_accuracy == pytest.approx(accuracy)
+    assert ensemble.level_statistics[1].assignment_accuracy is None
+    mean_labels = specialists.mean(0).argmax(1)
+    accuracy = (mean_labels == tiny_features.train_y).float().mean().item()
+    assert ensemble.level_statistics[1].teacher_accuracy == pytest.approx(accuracy)
+
+
+def test_too_few_kept_samples_stop_with_the_keep_rate(tiny_features):
+    strategy = make_csl(tiny_features, denoise="top1", batch_size=239)
+    benchmark = make_csl_benchmark(tiny_features)
+    strategy.train(benchmark.train_stream[0], eval_streams=[])
+    with pytest.raises(RuntimeError, match=r"criterion 'top1' kept \d+ of 240 .*keep rate"):
+        strategy.train(benchmark.train_stream[1], eval_streams=[])
+
+
+def test_weak_to_strong_only_takes_level_zero(tiny_features):
+    strategy = make_csl(tiny_features, strategy_cls=WeakToStrong)
+    benchmark = make_csl_benchmark(tiny_features)
+    assert [e.level for e in strategy.levels(benchmark.train_stream)] == [0]
+    with pytest.raises(ValueError, match="first 1 level"):
+        strategy.train(benchmark.train_stream[1])
+
+
+def test_reinit_student_gives_a_fresh_model_each_level(tiny_features):
+    strategy = make_csl(tiny_features, reinit_student=True)
+    benchmark = make_csl_benchmark(tiny_features)
+    strategy.train(benchmark.train_stream[0], eval_streams=[])
+    trained = strategy.model.weight.detach().clone()
+    seen = []
+
+    class Peek(SupervisedPlugin):
+        def before_training_epoch(self, strategy, **kwargs):
+            seen.append(strategy.model.weight.detach().clone())
+
+    strategy.plugins.append(Peek())
+    strategy.train(benchmark.train_stream[1], eval_streams=[])
+    assert not torch.allclose(seen[0], trained)
+
+
+def test_ceiling_learns_ground_truth_and_runs_are_repeatable(tiny_features):
+    benchmark = make_csl_benchmark(tiny_features)
+
+    def ceiling_accuracy():
+        torch.manual_seed(0)
+        strategy = GroundTruthCeiling(
+            model=torch.nn.Linear(8, 4),
+            lr=0.05,
+            epochs=3,
+            batch_size=16,
+            evaluator=EvaluationPlugin(),
+        )
+        strategy.train(benchmark.ceiling_stream[0], eval_streams=[])
+        with torch.no_grad():
+            return (strategy.model(tiny_features.test_x).argmax(1) == tiny_features.test_y).float()
+
+    first, second = ceiling_accuracy(), ceiling_accuracy()
+    assert torch.equal(first, second)
+    assert first.mean() > 0.9  # the clusters are separable
+
+
+def test_in_memory_loader_yields_every_sample_once_per_epoch(tiny_features):
+    benchmark = make_csl_benchmark(tiny_features)
+    loader = InMemoryBatchLoader(
+        benchmark.ceiling_stream[0].dataset,
+        batch_size=50,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(loader) == 5
+    batches = list(loader)
+    x = torch.cat([b[0] for b in batches])
+    assert [len(b) for b in batches[0]] == [50, 50, 50, 50]  # x, y, target, task
+    order = torch.cat([b[1] for b in batches])
+    assert sorted(order.tolist()) == sorted(tiny_features.train_y.tolist())
+    assert torch.allclose(x.sort(0).values, tiny_features.train_x.sort(0).values)
