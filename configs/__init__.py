@@ -1,0 +1,1 @@
+"""Hydra configs of csl-avalanche, installed as a package so `pip install .` carries them."""

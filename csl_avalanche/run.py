@@ -1,8 +1,9 @@
-"""`python -m csl_avalanche.run`: the Hydra entry point (configs in the `configs/` package)."""
+"""`python -m csl_avalanche.run`: the Hydra entry point (configs: the installed `configs` package)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 # avalanche-lib imports qpsolvers, which warns about solvers that only GEM-style plugins use.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
+from csl_avalanche.errors import ConfigError  # noqa: E402
 from csl_avalanche.experiment import run_experiment  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,14 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://csl_avalanche.configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = run_experiment(cfg, run_dir)
+    try:
+        results = run_experiment(cfg, run_dir)
+    except ConfigError as err:  # its message says what to fix: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(summary_table(results))
     print(f"results: {run_dir / 'results.json'}   tensorboard --logdir {run_dir / 'tb'}")
     return results

@@ -18,6 +18,7 @@ from avalanche.core import SupervisedPlugin
 from csl_avalanche import cosupervision as cs
 from csl_avalanche.benchmark import labelled_dataset
 from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.fit import predict
 
 TARGET_RULES = (*cs.ASSIGNMENT_RULES, "ensemble")
@@ -78,16 +79,17 @@ class CoSupervisionPlugin(SupervisedPlugin):
         start = time.perf_counter()
         device = strategy.device
         truth = self.features.train_y.to(device)
+        units = self.features.units("train").to(device)  # class, or domain, of each sample
         probs = self.features.teacher_train_probs[self.hierarchy.teacher_slice(level)]
         probs = probs.to(device).permute(1, 0, 2)  # [N, K, C]
-        owner = self.hierarchy.class_to_teacher(level).to(device)
+        owner = self.hierarchy.class_to_teacher(level).to(device)  # unit -> teacher
 
         if level == 0:
             assignment = torch.zeros(len(truth), dtype=torch.long, device=device)
             logits = None
         else:
             logits = predict(strategy.model, self.features.train_x)
-            assignment = self._assign(logits, probs, owner, truth)
+            assignment = self._assign(logits, probs, owner, units)
         target_probs = (
             probs.mean(dim=1) if assignment is None else cs.gather_targets(probs, assignment)
         )
@@ -119,7 +121,7 @@ class CoSupervisionPlugin(SupervisedPlugin):
             label_precision=correct[keep].float().mean().item(),
             label_recall=(correct & keep).sum().item() / max(1, correct.sum().item()),
             assignment_accuracy=(
-                None if assignment is None else (assignment == owner[truth]).float().mean().item()
+                None if assignment is None else (assignment == owner[units]).float().mean().item()
             ),
             teacher_accuracy=correct.float().mean().item(),
             epochs=epochs,
@@ -128,11 +130,19 @@ class CoSupervisionPlugin(SupervisedPlugin):
         self.stats.append(stats)
         experience.level_statistics = stats
 
-    def _assign(self, logits, probs, owner, truth) -> torch.Tensor | None:
+    def _assign(self, logits, probs, owner, units) -> torch.Tensor | None:
+        """`owner` maps each unit (class, or domain) to its teacher; `units` [N] is each
+        sample's unit, so the oracle is the teacher of the true class (or domain)."""
         if self.assignment == "ensemble":
             return None
+        if self.assignment == "class_partition" and self.features.by_domain:
+            raise ConfigError(
+                "strategy.assignment=class_partition routes samples by predicted class, but this "
+                "benchmark's subdomains are input domains (every teacher knows every class); "
+                "use strategy.assignment=likelihood or kl"
+            )
         return cs.assign_teachers(
-            logits, probs, self.assignment, class_to_teacher=owner, targets=truth
+            logits, probs, self.assignment, class_to_teacher=owner, targets=units
         )
 
     def _check_enough(self, keep: torch.Tensor, batch_size: int, level: int) -> None:
@@ -141,6 +151,6 @@ class CoSupervisionPlugin(SupervisedPlugin):
             raise RuntimeError(
                 f"level {level}: denoising criterion {self.denoise!r} kept {kept} of "
                 f"{len(keep)} samples (keep rate {kept / len(keep):.3f}), fewer than one batch "
-                f"of {batch_size}; use a looser criterion (e.g. strategy.denoise=top3 or all) "
-                "or a smaller strategy.batch_size"
+                f"of {batch_size}; use a looser criterion (a larger topK, or all) or a smaller "
+                "strategy.batch_size"
             )
