@@ -1,11 +1,13 @@
 """One weak-to-strong experiment: weak accuracy, ground-truth ceiling, then the configured
-strategy level by level, evaluated on the test stream after every level."""
+strategy (with the configured anti-forgetting plugins) level by level, evaluated on the test
+stream after every level."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -21,8 +23,9 @@ from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.cosupervision import pgr
 from csl_avalanche.data.registry import build_features
-from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric
+from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric, SubdomainForgettingMetric
 from csl_avalanche.models import linear_probe
+from csl_avalanche.plugins.continual import build_continual_plugins
 from csl_avalanche.plugins.progress import EpochProgressPlugin
 from strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
@@ -66,7 +69,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     ceiling = _run_ceiling(cfg, benchmark, device, run_dir)
 
     seed_everything(seed)
-    strategy = _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling)
+    forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
+    strategy = _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling, forgetting)
     levels, train_seconds = [], []
     for experience in strategy.levels(benchmark.train_stream):
         start = time.perf_counter()
@@ -75,24 +79,28 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         train_seconds.append(time.perf_counter() - start - stats.estep_seconds)
         metrics = strategy.eval(benchmark.test_stream)
         accuracy = metrics[STREAM_ACCURACY]
-        levels.append(
-            {
-                "level": experience.level,
-                "num_teachers": experience.num_teachers,
-                "student_accuracy": accuracy,
-                "pgr": pgr(accuracy, weak, ceiling),
-                "subdomain_accuracy": _subdomain_accuracy(metrics, benchmark),
-                **{
-                    k: v
-                    for k, v in stats.as_dict().items()
-                    if k not in ("level", "num_teachers", "estep_seconds")
-                },
-            }
-        )
+        level = {
+            "level": experience.level,
+            "num_teachers": experience.num_teachers,
+            "student_accuracy": accuracy,
+            "pgr": pgr(accuracy, weak, ceiling),
+            "subdomain_accuracy": _subdomain_accuracy(metrics, benchmark),
+            **{
+                k: v
+                for k, v in stats.as_dict().items()
+                if k not in ("level", "num_teachers", "estep_seconds")
+            },
+        }
+        if subdomain_forgetting := forgetting.result():
+            level["subdomain_forgetting"] = subdomain_forgetting
+            level["mean_forgetting"] = statistics.fmean(subdomain_forgetting.values())
+        levels.append(level)
     results = {
         "weak_accuracy": weak,
         "ceiling_accuracy": ceiling,
         "levels": levels,
+        "subdomains": benchmark.subdomain_names(),
+        "accuracy_matrix": forgetting.accuracy_matrix,  # [level][subdomain]
         "timings": {
             "train_seconds": train_seconds,
             "estep_seconds": [s.estep_seconds for s in strategy.level_statistics],
@@ -150,9 +158,10 @@ def _run_ceiling(cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path
     return strategy.eval(benchmark.test_stream)[STREAM_ACCURACY]
 
 
-def _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling) -> CSLStrategy:
+def _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling, forgetting) -> CSLStrategy:
     s = cfg.strategy
     plugins = [EpochProgressPlugin(s.name)] if cfg.progress else []
+    plugins += build_continual_plugins(OmegaConf.to_container(cfg.plugins))
     return STRATEGIES[s.name](
         model=_student(benchmark),
         features=benchmark.features,
@@ -162,7 +171,11 @@ def _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling) -> CSLStrateg
         scale_epochs=s.scale_epochs,
         reinit_student=s.reinit_student,
         evaluator=_evaluator(
-            cfg, run_dir / "tb" / s.name, PGRMetric(weak, ceiling), LevelStatisticsMetric()
+            cfg,
+            run_dir / "tb" / s.name,
+            PGRMetric(weak, ceiling),
+            forgetting,
+            LevelStatisticsMetric(),
         ),
         plugins=plugins,
         **_common_kwargs(cfg, device),

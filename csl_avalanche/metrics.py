@@ -1,13 +1,15 @@
 """Avalanche metrics for weak-to-strong learning.
 
 Per-subdomain accuracy is Avalanche's own experience accuracy on the test stream (one
-experience per finest subdomain). These add PGR and the co-supervision statistics; values are
-Python floats (TensorboardLogger drops numpy scalars and logs 0-d tensors as histograms), and
-per-level values are plotted against the number of levels trained so far.
+experience per finest subdomain). These add PGR, per-subdomain forgetting and the
+co-supervision statistics; values are Python floats (TensorboardLogger drops numpy scalars and
+logs 0-d tensors as histograms), and per-level values are plotted against the number of levels
+trained so far.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import fields
 
 from avalanche.evaluation import PluginMetric
@@ -15,6 +17,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metrics import Accuracy
 
 from csl_avalanche.cosupervision import pgr
+from csl_avalanche.forgetting import forgetting
 from csl_avalanche.plugins.cosupervision import LevelStatistics
 
 
@@ -54,6 +57,67 @@ class PGRMetric(PluginMetric[float]):
 
     def __str__(self) -> str:
         return "PGR"
+
+
+class SubdomainForgettingMetric(PluginMetric[dict]):
+    """Per-subdomain forgetting of the student across levels.
+
+    Each full evaluation of the test stream (one experience per finest subdomain, named by
+    `subdomain_names`) adds a row of per-subdomain accuracies to `accuracy_matrix`, one row per
+    trained level (an evaluation at the same level replaces that level's row). From the second
+    level on it emits, per subdomain, the best accuracy after any earlier level minus the
+    accuracy now, and their mean; `result()` holds the latest per-subdomain values.
+    """
+
+    def __init__(self, subdomain_names: list[str], stream: str = "test"):
+        super().__init__()
+        self.subdomain_names = list(subdomain_names)
+        self.stream = stream
+        self.accuracy_matrix: list[list[float]] = []
+        self._levels: list[int] = []  # train_exp_counter of each row
+        self._accuracy: dict[int, Accuracy] = {}
+
+    def reset(self) -> None:
+        self._accuracy = {}
+
+    def result(self) -> dict[str, float]:
+        if len(self.accuracy_matrix) < 2:
+            return {}
+        return dict(zip(self.subdomain_names, forgetting(self.accuracy_matrix), strict=True))
+
+    def before_eval(self, strategy) -> None:
+        self.reset()
+
+    def after_eval_iteration(self, strategy) -> None:
+        if strategy.experience.origin_stream.name == self.stream:
+            index = strategy.experience.current_experience
+            self._accuracy.setdefault(index, Accuracy()).update(strategy.mb_output, strategy.mb_y)
+
+    def after_eval(self, strategy) -> list[MetricValue]:
+        if sorted(self._accuracy) != list(range(len(self.subdomain_names))):
+            return []  # not a full pass over the test stream: no row to add
+        row = [float(self._accuracy[i].result()) for i in range(len(self.subdomain_names))]
+        level = strategy.clock.train_exp_counter
+        if self._levels and self._levels[-1] == level:
+            self.accuracy_matrix[-1] = row
+        else:
+            self.accuracy_matrix.append(row)
+            self._levels.append(level)
+        values = self.result()
+        if not values:
+            return []
+        prefix = f"Forgetting_Subdomain/eval_phase/{self.stream}_stream"
+        metrics = [
+            MetricValue(self, f"{prefix}/{name}", value, level) for name, value in values.items()
+        ]
+        mean = float(statistics.fmean(values.values()))
+        metrics.append(
+            MetricValue(self, f"MeanForgetting/eval_phase/{self.stream}_stream", mean, level)
+        )
+        return metrics
+
+    def __str__(self) -> str:
+        return "SubdomainForgetting"
 
 
 class LevelStatisticsMetric(PluginMetric[dict]):

@@ -1,0 +1,203 @@
+"""`python -m csl_avalanche.report DIR`: aggregate every run below DIR (a Hydra sweep or a run).
+
+Runs are grouped by configuration: the resolved config minus the seed and the settings that do
+not change results (the cache folder, progress bars). Each group becomes one row of a table
+with the mean and spread (sample standard deviation) over its seeds of the final accuracy, the
+PGR after each level and the final mean forgetting; the table goes to DIR/report.md and the
+console, with two plots: PGR per level per variant and each variant's mean accuracy matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NOT_A_SETTING = ("seed", "cache_dir", "progress")  # differ between runs of one configuration
+PGR_PLOT = "pgr_per_level.png"
+MATRIX_PLOT = "accuracy_matrix.png"
+
+
+@dataclass
+class Variant:
+    """The runs (one per seed) of one configuration."""
+
+    settings: dict[str, str]  # flattened config, dotted keys
+    runs: list[dict] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(run["seed"] for run in self.runs)
+
+    def final_accuracy(self) -> list[float]:
+        return [run["levels"][-1]["student_accuracy"] for run in self.runs]
+
+    def pgr(self, level: int) -> list[float]:
+        return [run["levels"][level]["pgr"] for run in self.runs if level < len(run["levels"])]
+
+    def mean_forgetting(self) -> list[float]:
+        return [
+            run["levels"][-1]["mean_forgetting"]
+            for run in self.runs
+            if "mean_forgetting" in run["levels"][-1]
+        ]
+
+    def num_levels(self) -> int:
+        return max(len(run["levels"]) for run in self.runs)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys to printable values; `plugins` becomes `plugins=[a,b]` plus its knobs."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name == "plugins":
+            flat[name] = "[" + ",".join(value) + "]"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return flat
+
+
+def load_variants(root: Path) -> list[Variant]:
+    """Every results.json below `root`, grouped by configuration, in first-seen path order."""
+    variants: dict[str, Variant] = {}
+    for path in sorted(root.rglob("results.json"), key=_natural):
+        run = json.loads(path.read_text())
+        config = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
+        settings = flatten(config)
+        key = json.dumps(settings, sort_keys=True)
+        variants.setdefault(key, Variant(settings)).runs.append(run)
+    if not variants:
+        raise FileNotFoundError(f"no results.json below {root}")
+    _label(list(variants.values()))
+    return list(variants.values())
+
+
+def _natural(path: Path) -> list[tuple[int, int | str]]:
+    """Hydra's job folders 0, 1, ..., 10 in numeric order."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.parts]
+
+
+def _label(variants: list[Variant]) -> None:
+    """Name each variant by the settings that vary between variants (among those that have it)."""
+    keys = list(dict.fromkeys(k for v in variants for k in v.settings))
+    varying = [k for k in keys if len({v.settings[k] for v in variants if k in v.settings}) > 1]
+    for variant in variants:
+        parts = [f"{k}={variant.settings[k]}" for k in varying if k in variant.settings]
+        variant.label = " ".join(parts) or "all runs"
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation); the spread of a single value is 0; NaN if empty."""
+    if not values:
+        return math.nan, math.nan
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread
+
+
+def _cell(values: Sequence[float]) -> str:
+    mean, spread = mean_spread(values)
+    return "–" if math.isnan(mean) else f"{mean:.3f} ± {spread:.3f}"
+
+
+def markdown_table(variants: list[Variant]) -> str:
+    """One row per variant: seeds, final accuracy, PGR per level, final mean forgetting."""
+    levels = max(v.num_levels() for v in variants)
+    head = ["variant", "seeds", "final accuracy"]
+    head += [f"PGR L{level}" for level in range(levels)] + ["mean forgetting"]
+    rows = [head, ["---"] * len(head)]
+    for v in variants:
+        row = [v.label, ",".join(map(str, v.seeds)), _cell(v.final_accuracy())]
+        row += [_cell(v.pgr(level)) for level in range(levels)]
+        rows.append([*row, _cell(v.mean_forgetting())])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def plot_pgr(variants: list[Variant], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in variants:
+        levels = range(v.num_levels())
+        stats = [mean_spread(v.pgr(level)) for level in levels]
+        means, spreads = zip(*stats, strict=True)
+        ax.errorbar(list(levels), means, yerr=spreads, marker="o", capsize=3, label=v.label)
+    ax.set_xlabel("level")
+    ax.set_ylabel("PGR (mean ± sd over seeds)")
+    ax.set_xticks(range(max(v.num_levels() for v in variants)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_matrices(variants: list[Variant], path: Path) -> None:
+    """One heatmap per variant: mean over seeds of accuracy[level, subdomain]."""
+    cols = min(3, len(variants))
+    rows = math.ceil(len(variants) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(variants) :]:
+        ax.axis("off")
+    for ax, v in zip(axes.flat, variants, strict=False):
+        matrices = [run["accuracy_matrix"] for run in v.runs]
+        mean = [
+            [statistics.fmean(cells) for cells in zip(*rows_, strict=True)]
+            for rows_ in zip(*matrices, strict=True)
+        ]
+        image = ax.imshow(mean, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        subdomains = v.runs[0]["subdomains"]
+        ax.set_xticks(range(len(subdomains)), subdomains, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(mean)))
+        ax.set_ylabel("after level")
+        ax.set_title(v.label, fontsize=8)
+        for i, row in enumerate(mean):
+            for j, value in enumerate(row):
+                color = "k" if value > 0.6 else "w"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(root: Path) -> str:
+    """Write report.md and the plots into `root`; return the table."""
+    variants = load_variants(root)
+    table = markdown_table(variants)
+    plot_pgr(variants, root / PGR_PLOT)
+    plot_accuracy_matrices(variants, root / MATRIX_PLOT)
+    runs = sum(len(v.runs) for v in variants)
+    (root / "report.md").write_text(
+        f"# CSL report: {runs} runs, {len(variants)} configurations\n\n"
+        "Mean ± sample standard deviation over seeds. Final accuracy and mean forgetting are "
+        "taken after the last level; forgetting per finest subdomain is the best accuracy "
+        "after any earlier level minus the accuracy now.\n\n"
+        f"{table}\n\n"
+        f"![PGR per level]({PGR_PLOT})\n\n"
+        f"![accuracy per level and subdomain]({MATRIX_PLOT})\n"
+    )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path, help="a sweep or run directory")
+    args = parser.parse_args(argv)
+    print(write_report(args.directory))
+    print(f"report: {args.directory / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Runs a CSL student on a tiny feature set through the Python API, as the forgetting tests do."""
+
+from __future__ import annotations
+
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin
+
+from csl_avalanche.benchmark import make_csl_benchmark
+from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.metrics import SubdomainForgettingMetric
+from csl_avalanche.models import linear_probe
+from csl_avalanche.plugins.continual import build_continual_plugins
+from strategies import CSLStrategy
+
+SMALL_PLUGINS = {
+    "replay": {"mem_size": 40, "batch_size_mem": 8},
+    "ewc": {"ewc_lambda": 10.0},
+    "lwf": {"alpha": 1.0, "temperature": 2.0},
+}
+
+
+def run_csl(
+    features: FeatureSet,
+    plugin_names: tuple[str, ...] = (),
+    *,
+    labels: str = "hard",
+    reinit_student: bool = False,
+    probes: tuple = (),
+    epochs: int = 2,
+):
+    """Train every level, evaluating the test stream after each; returns (strategy, metric)."""
+    benchmark = make_csl_benchmark(features)
+    forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
+    plugins = build_continual_plugins({name: SMALL_PLUGINS[name] for name in plugin_names})
+    strategy = CSLStrategy(
+        model=linear_probe(features.train_x.shape[1], features.num_classes),
+        features=features,
+        labels=labels,
+        reinit_student=reinit_student,
+        lr=0.01,
+        epochs=epochs,
+        batch_size=16,
+        device="cpu",
+        evaluator=EvaluationPlugin(
+            accuracy_metrics(experience=True, stream=True), forgetting, loggers=[]
+        ),
+        plugins=[*plugins, *probes],
+    )
+    for experience in benchmark.train_stream:
+        strategy.train(experience, eval_streams=[])
+        strategy.eval(benchmark.test_stream)
+    return strategy, forgetting

@@ -1,0 +1,114 @@
+"""`python -m csl_avalanche.report`: grouping, statistics, plots, on a hand-written sweep and on
+a real (small) Hydra multirun over continual mode and plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from csl_avalanche.report import load_variants, main, write_report
+
+PNG = b"\x89PNG"
+
+
+def fake_run(seed: int, plugins: dict, pgr: list[float], forgetting: float) -> dict:
+    levels = [{"level": i, "student_accuracy": 0.5 + p / 4, "pgr": p} for i, p in enumerate(pgr)]
+    levels[-1]["mean_forgetting"] = forgetting
+    return {
+        "levels": levels,
+        "subdomains": ["classes_0-1", "classes_2-3"],
+        "accuracy_matrix": [[0.5 + seed / 10, 0.6], [0.7, 0.8]],
+        "seed": seed,
+        "config": {
+            "seed": seed,
+            "cache_dir": f"/tmp/cache{seed}",  # not a setting: runs still group together
+            "progress": seed == 0,
+            "plugins": plugins,
+            "strategy": {"name": "csl", "reinit_student": False, "epochs": 20},
+        },
+    }
+
+
+@pytest.fixture
+def fake_sweep(tmp_path: Path) -> Path:
+    runs = [
+        fake_run(0, {}, [0.2, 0.4], 0.10),
+        fake_run(1, {}, [0.4, 0.6], 0.30),
+        fake_run(0, {"replay": {"mem_size": 200}}, [0.3, 0.5], 0.05),
+        fake_run(1, {"replay": {"mem_size": 200}}, [0.3, 0.7], 0.05),
+        fake_run(2, {"replay": {"mem_size": 200}}, [0.3, 0.9], 0.05),
+    ]
+    for job, run in enumerate(runs):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "results.json").write_text(json.dumps(run))
+    return tmp_path
+
+
+def test_runs_group_by_everything_but_seed_and_paths(fake_sweep):
+    variants = load_variants(fake_sweep)
+    assert [v.label for v in variants] == ["plugins=[]", "plugins=[replay]"]
+    assert [v.seeds for v in variants] == [[0, 1], [0, 1, 2]]
+
+
+def test_report_table_holds_mean_and_spread_over_seeds(fake_sweep, capsys):
+    main([str(fake_sweep)])
+    printed = capsys.readouterr().out
+    report = (fake_sweep / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| plugins")]
+    # PGR L1 of plugins=[]: 0.4 and 0.6 -> 0.5 ± 0.141; final accuracy 0.5 + PGR/4.
+    assert rows[0] == (
+        "| plugins=[] | 0,1 | 0.625 ± 0.035 | 0.300 ± 0.141 | 0.500 ± 0.141 | 0.200 ± 0.141 |"
+    )
+    assert rows[1] == (
+        "| plugins=[replay] | 0,1,2 | 0.675 ± 0.050 | 0.300 ± 0.000 | 0.700 ± 0.200 "
+        "| 0.050 ± 0.000 |"
+    )
+    assert all(row in printed for row in rows)
+    for plot in ("pgr_per_level.png", "accuracy_matrix.png"):
+        assert plot in report
+        assert (fake_sweep / plot).read_bytes()[:4] == PNG
+
+
+def test_report_without_runs_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        write_report(tmp_path)
+
+
+def test_multirun_over_continual_mode_and_plugins_then_report(tmp_path):
+    """The sweep command of the README, shrunk: Hydra selects several plugins from one group."""
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "csl_avalanche.run", "-m",
+        f"hydra.sweep.dir={sweep}", f"cache_dir={tmp_path / 'cache'}", "progress=false",
+        "strategy.epochs=2", "strategy.reinit_student=false", "strategy.labels=soft",
+        "student.pretrain.steps=100", "teacher.steps=50",  # a cheaper digits benchmark
+        "plugins=[],[replay,ewc,lwf]",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    runs = [json.loads((sweep / job / "results.json").read_text()) for job in ("0", "1")]
+    assert runs[0]["config"]["plugins"] == {}
+    assert list(runs[1]["config"]["plugins"]) == ["replay", "ewc", "lwf"]
+    for run in runs:
+        names, matrix = run["subdomains"], run["accuracy_matrix"]
+        assert len(matrix) == len(run["levels"]) == 3 and all(len(r) == len(names) for r in matrix)
+        assert "mean_forgetting" not in run["levels"][0]
+        for level, row in zip(run["levels"][1:], matrix[1:], strict=True):
+            assert set(level["subdomain_forgetting"]) == set(names)
+            assert level["subdomain_accuracy"] == dict(zip(names, row, strict=True))
+        assert run["levels"][2]["mean_forgetting"] == pytest.approx(
+            sum(run["levels"][2]["subdomain_forgetting"].values()) / len(names)
+        )
+    events = EventAccumulator(str(sweep / "1" / "tb" / "csl")).Reload()
+    assert "MeanForgetting/eval_phase/test_stream" in events.Tags()["scalars"]
+
+    table = write_report(sweep)
+    assert "plugins=[]" in table and "plugins=[replay,ewc,lwf]" in table
