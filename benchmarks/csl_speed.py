@@ -102,7 +102,7 @@ def run_plain(features: FeatureSet, args, device: torch.device) -> tuple[list, l
     """The paper's loop: E-step, then epochs of index-gathered batches, Adam + cosine per level."""
     torch.manual_seed(0)
     hierarchy = features.hierarchy
-    x, truth = features.train_x.to(device), features.train_y.to(device)
+    x = features.train_x.to(device)
     test_x, test_y = features.test_x.to(device), features.test_y.to(device)
     model = torch.nn.Linear(x.shape[1], features.num_classes).to(device)
     train_seconds, estep, accuracies = [], [], []

@@ -1,9 +1,9 @@
 """The CSL stream on Avalanche: train experiences are hierarchy levels, test experiences are
-the finest subdomains.
+the finest subdomains (class sets, or input domains).
 
-Every dataset here yields `[x, y, target, task]`: `y` the hard label, `target` a probability
-vector over classes (the teacher's soft label, or the one-hot of `y`). Train datasets only
-ever hold teacher labels; ground truth appears in the test stream and in the separate
+Every dataset here yields `[x, y, task]`, `y` the hard label, or `[x, y, soft_target, task]`
+when training on soft labels (a probability vector over classes). Train datasets only ever hold
+teacher labels; ground truth appears in the test stream and in the separate
 `ceiling` stream that trains the ground-truth ceiling.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
@@ -25,18 +24,19 @@ from csl_avalanche.hierarchy import Hierarchy
 
 
 def labelled_dataset(
-    x: torch.Tensor, labels: torch.Tensor, num_classes: int, targets: torch.Tensor | None = None
+    x: torch.Tensor, labels: torch.Tensor, soft_targets: torch.Tensor | None = None
 ) -> TaskAwareSupervisedClassificationDataset:
-    """An Avalanche dataset of `[x, y, target, task]`; `target` defaults to one-hot(y)."""
-    if targets is None:
-        targets = F.one_hot(labels, num_classes).float()
-    if not len(x) == len(labels) == len(targets):
+    """An Avalanche dataset of `[x, y, task]`, or `[x, y, soft_target, task]` with soft targets.
+
+    The soft column sits between `y` and the task label, where it survives Avalanche's subset,
+    concat and replay.
+    """
+    columns = [x, labels] if soft_targets is None else [x, labels, soft_targets]
+    if len({len(column) for column in columns}) != 1:
         raise ValueError(
-            f"x, labels and targets disagree in length: {len(x)}, {len(labels)}, {len(targets)}"
+            f"x, labels and soft targets disagree in length: {[len(c) for c in columns]}"
         )
-    return _make_taskaware_tensor_classification_dataset(
-        x, labels, targets, task_labels=0, targets=labels
-    )
+    return _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
 
 
 class LevelExperience(DatasetExperience):
@@ -82,11 +82,12 @@ class CSLBenchmark:
         return self.scenario.ceiling_stream
 
     def subdomain_names(self) -> list[str]:
-        return [subdomain_name(sub) for sub in self.hierarchy.finest]
+        kind = "domains" if self.features.by_domain else "classes"
+        return [subdomain_name(sub, kind) for sub in self.hierarchy.finest]
 
 
-def subdomain_name(classes: tuple[int, ...]) -> str:
-    return "classes_" + "-".join(str(c) for c in classes)
+def subdomain_name(members: tuple[int, ...], kind: str = "classes") -> str:
+    return f"{kind}_" + "-".join(str(c) for c in members)
 
 
 def generalist_routed_labels(
@@ -94,10 +95,16 @@ def generalist_routed_labels(
 ) -> torch.Tensor:
     """Level `level`'s teacher label for each pool sample, routed by the generalist's argmax.
 
-    This is the student-free default label of a level; CSL's E-step replaces it.
+    This is the student-free default label of a level; CSL's E-step replaces it. With domain
+    subdomains no teacher owns a class: the teacher most likely to give that class is chosen.
     """
     probs = features.teacher_train_probs
-    owner = hierarchy.class_to_teacher(level)[probs[0].argmax(dim=1)]
+    proxy = probs[0].argmax(dim=1)
+    if features.by_domain:
+        level_probs = probs[hierarchy.teacher_slice(level)]  # [K, N, C]
+        owner = level_probs[:, torch.arange(probs.shape[1]), proxy].argmax(dim=0)
+    else:
+        owner = hierarchy.class_to_teacher(level)[proxy]
     teacher = hierarchy.teacher_slice(level).start + owner
     return probs[teacher, torch.arange(probs.shape[1])].argmax(dim=1)
 
@@ -106,28 +113,28 @@ def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
     """train_stream: one experience per level; test_stream: one per finest subdomain;
     ceiling_stream: the pool with ground truth (for the ceiling baseline only)."""
     hierarchy = features.hierarchy
-    x, c = features.train_x, features.num_classes
+    x = features.train_x
     train = [
         LevelExperience(
-            dataset=labelled_dataset(x, generalist_routed_labels(features, hierarchy, level), c),
+            dataset=labelled_dataset(x, generalist_routed_labels(features, hierarchy, level)),
             level=level,
             num_teachers=len(hierarchy.levels[level]),
         )
         for level in range(hierarchy.num_levels)
     ]
-    test = []
-    for index, classes in enumerate(hierarchy.finest):
-        members = torch.isin(features.test_y, torch.tensor(classes))
+    test, test_units = [], features.units("test")
+    for index, subdomain in enumerate(hierarchy.finest):
+        members = torch.isin(test_units, torch.tensor(subdomain))
         if not members.any():
-            raise ValueError(f"the test split has no samples of finest subdomain {list(classes)}")
+            raise ValueError(f"the test split has no samples of finest subdomain {list(subdomain)}")
         test.append(
             DatasetExperience(
-                dataset=labelled_dataset(features.test_x[members], features.test_y[members], c),
+                dataset=labelled_dataset(features.test_x[members], features.test_y[members]),
                 current_experience=index,
             )
         )
     ceiling = [
-        DatasetExperience(dataset=labelled_dataset(x, features.train_y, c), current_experience=0)
+        DatasetExperience(dataset=labelled_dataset(x, features.train_y), current_experience=0)
     ]
     scenario = CLScenario(
         [

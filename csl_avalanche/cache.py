@@ -40,7 +40,8 @@ def _feed(digest: Any, part: Any) -> None:
     if isinstance(part, torch.Tensor):
         tensor = part.detach().cpu().contiguous()
         digest.update(f"tensor{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        raw = tensor.reshape(-1).view(torch.uint8)  # reshape: 0-d tensors cannot be viewed
+        digest.update(raw.numpy().tobytes() if tensor.numel() else b"")
     elif isinstance(part, np.ndarray):
         _feed(digest, torch.from_numpy(np.ascontiguousarray(part)))
     elif isinstance(part, Mapping):

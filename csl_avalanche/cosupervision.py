@@ -63,15 +63,15 @@ def gather_targets(teacher_probs: torch.Tensor, assignment: torch.Tensor) -> tor
     return teacher_probs[torch.arange(n, device=teacher_probs.device), assignment]
 
 
-def make_targets(probs: torch.Tensor, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hard labels [N], training targets [N, C]) from target probabilities [N, C].
+def make_targets(probs: torch.Tensor, labels: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hard labels [N], soft targets [N, C] or None) from target probabilities [N, C].
 
-    `hard` targets are the one-hot of the argmax, `soft` targets the probabilities themselves
-    (renormalised, since cached outputs may be rounded).
+    Hard labels are the argmax and need no target vector; `soft` targets are the probabilities
+    themselves (renormalised, since cached outputs may be rounded).
     """
     hard = probs.argmax(dim=1)
     if labels == "hard":
-        return hard, F.one_hot(hard, probs.shape[1]).to(probs.dtype)
+        return hard, None
     if labels == "soft":
         return hard, probs / probs.sum(dim=1, keepdim=True).clamp_min(_EPS)
     raise ValueError(f"unknown label kind {labels!r}; choose one of {LABEL_KINDS}")

@@ -22,16 +22,23 @@ def fit_classifier(
     lr: float,
     seed: int,
     weight_decay: float = 0.0,
+    subset: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Train `model` with Adam and cross-entropy for exactly `steps` batches; returns it in eval."""
-    if len(x) == 0:
+    """Train `model` with Adam and cross-entropy for exactly `steps` batches; returns it in eval.
+
+    Batches are drawn from the rows `subset` of x (default: all), gathered per batch so a large
+    memory-mapped x is never copied whole, and moved to the model's device.
+    """
+    rows = torch.arange(len(x)) if subset is None else subset
+    if len(rows) == 0:
         raise ValueError("cannot train on an empty set of examples")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    device = next(model.parameters()).device
     model.train()
     for _ in range(steps):
-        idx = torch.randint(len(x), (batch_size,), generator=generator)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        idx = rows[torch.randint(len(rows), (batch_size,), generator=generator)]
+        loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -3,7 +3,8 @@
 Level 0 is one generalist over all classes; each subdomain of level l is the union of some
 subdomains of level l+1. Teachers are numbered globally in level order (level 0 is teacher 0,
 then the teachers of level 1, ...), which is also the order of the first axis of cached teacher
-outputs.
+outputs. When subdomains are input domains (DomainNet), the same structure partitions domain
+indices instead of classes; "classes" then reads "domains".
 """
 
 from __future__ import annotations
@@ -41,6 +42,27 @@ class Hierarchy:
             bounds = [round(i * num_classes / k) for i in range(k + 1)]
             levels.append([list(range(bounds[i], bounds[i + 1])) for i in range(k)])
         return cls(levels, num_classes)
+
+    @classmethod
+    def from_groups(
+        cls, levels: Sequence[Sequence[Sequence[int | str]]], names: Sequence[str]
+    ) -> Hierarchy:
+        """Levels whose subdomains list members by name (e.g. class folders) or by index."""
+        index = {name: i for i, name in enumerate(names)}
+        resolved = []
+        for lvl_idx, level in enumerate(levels):
+            resolved.append([])
+            for group in level:
+                members = []
+                for member in group:
+                    if isinstance(member, str) and member not in index:
+                        raise HierarchyError(
+                            f"level {lvl_idx} names {member!r}, which is not one of "
+                            f"{list(names)[:10]}{' ...' if len(names) > 10 else ''}"
+                        )
+                    members.append(index[member] if isinstance(member, str) else int(member))
+                resolved[-1].append(members)
+        return cls(resolved, len(names))
 
     @classmethod
     def from_teacher_lists(

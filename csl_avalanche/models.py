@@ -6,6 +6,8 @@ and the Avalanche strategy trains only the head (`linear_probe`) on tensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 
@@ -28,3 +30,20 @@ def pooled_linear_teacher(side: int, pool: int, num_classes: int) -> nn.Module:
 
 def linear_probe(in_dim: int, num_classes: int) -> nn.Linear:
     return nn.Linear(in_dim, num_classes)
+
+
+def small_cnn_backbone(side: int, channels: Sequence[int], embed_dim: int) -> nn.Module:
+    """A small CNN for flat side x side grey images (Fashion-MNIST's stand-in for a foundation
+    model): per entry of `channels` a stride-2 conv (5x5 first, then 3x3) and ReLU, then a
+    linear layer from the flattened feature map to `embed_dim` features and ReLU."""
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, side, side))]
+    in_channels, size = 1, side
+    for index, out_channels in enumerate(channels):
+        kernel = 5 if index == 0 else 3
+        layers += [
+            nn.Conv2d(in_channels, out_channels, kernel, stride=2, padding=kernel // 2),
+            nn.ReLU(),
+        ]
+        in_channels, size = out_channels, (size - 1) // 2 + 1
+    layers += [nn.Flatten(), nn.Linear(in_channels * size * size, embed_dim), nn.ReLU()]
+    return nn.Sequential(*layers)

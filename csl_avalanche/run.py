@@ -1,4 +1,4 @@
-"""`python -m csl_avalanche.run`: the Hydra entry point (configs: the installed `configs` package)."""
+"""`python -m csl_avalanche.run`: the Hydra entry point (configs: the `configs` package)."""
 
 from __future__ import annotations
 

@@ -23,24 +23,34 @@ def train_teachers(
     y: torch.Tensor,
     make_model: Callable[[], nn.Module],
     *,
+    units: torch.Tensor | None = None,
     steps: int,
     batch_size: int,
     lr: float,
     seed: int,
 ) -> list[nn.Module]:
-    """Train one teacher per subdomain of every level, in global teacher order."""
+    """Train one teacher per subdomain of every level, in global teacher order.
+
+    A teacher trains on the examples whose unit is in its subdomain: the class (`units=None`),
+    or e.g. the input domain of each example (`units` [N], DomainNet). Examples are indexed,
+    not copied, so `x` may be a memory-mapped cache.
+    """
+    units = y if units is None else units
     subdomains = [sub for level in hierarchy.levels for sub in level]
     teachers = []
-    for index, classes in enumerate(tqdm(subdomains, desc="weak teachers", leave=False)):
-        mask = torch.isin(y, torch.tensor(classes))
-        if not mask.any():
-            raise ValueError(f"teacher {index} (classes {list(classes)}) has no training examples")
+    for index, members in enumerate(tqdm(subdomains, desc="weak teachers", leave=False)):
+        subset = torch.isin(units, torch.tensor(members)).nonzero().flatten()
+        if not len(subset):
+            raise ValueError(
+                f"teacher {index} (subdomain {list(members)}) has no training examples"
+            )
         torch.manual_seed(seed + index)
         teachers.append(
             fit_classifier(
                 make_model(),
-                x[mask],
-                y[mask],
+                x,
+                y,
+                subset=subset,
                 steps=steps,
                 batch_size=batch_size,
                 lr=lr,

@@ -1,3 +1,11 @@
 """Benchmark sources; importing this package registers the built-in ones."""
 
-from csl_avalanche.data import digits, features_source  # noqa: F401 - registers sources
+from csl_avalanche.data import (  # noqa: F401 - registers sources
+    cifar100,
+    digits,
+    domainnet,
+    fashion_mnist,
+    features_source,
+    imagefolder,
+    imagenet,
+)

@@ -4,6 +4,11 @@ Every benchmark ends here: student embeddings of the transfer pool and the test 
 truth (for the ceiling and diagnostics only), the frozen teachers' class probabilities on both,
 and the hierarchy. Users with embeddings and teacher outputs computed elsewhere save the same
 fields with `torch.save` and run `benchmark=features data.path=FILE`.
+
+Subdomains are usually class sets. When they are input domains instead (DomainNet: a sketch
+specialist knows every class, but only sketches), the optional `train_domains`/`test_domains`
+give each sample's domain and `subdomains` lists domain indices: the hierarchy then partitions
+domains, and the test stream is split by domain.
 """
 
 from __future__ import annotations
@@ -30,15 +35,37 @@ class FeatureSet:
     teacher_train_probs: torch.Tensor  # [T, N, C]
     teacher_test_probs: torch.Tensor  # [T, M, C]
     levels: list[list[int]]  # teacher indices per level; level 0 is one generalist
-    subdomains: list[list[int]]  # classes of each teacher
+    subdomains: list[list[int]]  # classes (or domains) of each teacher
+    train_domains: torch.Tensor | None = None  # [N] domain of each pool sample, or None
+    test_domains: torch.Tensor | None = None  # [M]
 
     @property
     def num_classes(self) -> int:
         return self.teacher_train_probs.shape[2]
 
     @property
+    def by_domain(self) -> bool:
+        """True when subdomains are input domains rather than class sets."""
+        return self.train_domains is not None
+
+    @property
+    def num_units(self) -> int:
+        """How many things the subdomains partition: classes, or domains."""
+        if not self.by_domain:
+            return self.num_classes
+        return 1 + max((max(sub) for sub in self.subdomains if sub), default=-1)
+
+    def units(self, split: str) -> torch.Tensor:
+        """Each sample's subdomain unit ("train": pool, "test"): its domain, or its class."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        domains = self.train_domains if split == "train" else self.test_domains
+        return domains if self.by_domain else getattr(self, f"{split}_y")
+
+    @property
     def hierarchy(self) -> Hierarchy:
-        return Hierarchy.from_teacher_lists(self.levels, self.subdomains, self.num_classes)
+        """Levels of class sets, or of domain sets when `by_domain`."""
+        return Hierarchy.from_teacher_lists(self.levels, self.subdomains, self.num_units)
 
     def validate(self) -> FeatureSet:
         """Check every shape, dtype and index; raise FeaturesFileError naming what disagrees."""
@@ -72,6 +99,7 @@ class FeatureSet:
                 )
         for name in ("teacher_train_probs", "teacher_test_probs"):
             _check_probabilities(name, getattr(self, name))
+        self._validate_domains(n, m)
         if len(self.subdomains) != t:
             raise FeaturesFileError(
                 f"subdomains lists {len(self.subdomains)} teachers, but the teacher "
@@ -82,6 +110,27 @@ class FeatureSet:
         except HierarchyError as err:
             raise FeaturesFileError(f"levels/subdomains: {err}") from None
         return self
+
+    def _validate_domains(self, n: int, m: int) -> None:
+        if (self.train_domains is None) != (self.test_domains is None):
+            raise FeaturesFileError("train_domains and test_domains must be given together")
+        if not self.by_domain:
+            return
+        for name, domains, size in (
+            ("train_domains", self.train_domains, n),
+            ("test_domains", self.test_domains, m),
+        ):
+            _check_tensor(name, domains, dims=1, floating=False)
+            if len(domains) != size:
+                raise FeaturesFileError(f"{name} has {len(domains)} entries, expected {size}")
+            if len(domains) and (domains.min() < 0 or domains.max() >= self.num_units):
+                raise FeaturesFileError(
+                    f"{name} holds domains outside 0..{self.num_units - 1}, the domains that "
+                    "`subdomains` lists"
+                )
+
+
+OPTIONAL_FIELDS = ("train_domains", "test_domains")
 
 
 def load_features(path: str | os.PathLike[str]) -> FeatureSet:
@@ -100,7 +149,7 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
     names = [f.name for f in fields(FeatureSet)]
     if not isinstance(raw, dict):
         raise FeaturesFileError(f"{path} holds a {type(raw).__name__}, expected a dict")
-    missing = [name for name in names if name not in raw]
+    missing = [name for name in names if name not in raw and name not in OPTIONAL_FIELDS]
     if missing:
         raise FeaturesFileError(f"{path} lacks keys {missing}; a features file needs {names}")
     try:
@@ -110,9 +159,9 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         raise FeaturesFileError(
             f"{path}: `levels` and `subdomains` must be lists of lists of integers"
         ) from None
-    tensors = {name: raw[name] for name in names if name not in ("levels", "subdomains")}
+    tensors = {name: raw.get(name) for name in names if name not in ("levels", "subdomains")}
     for name, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) and not (name in OPTIONAL_FIELDS and value is None):
             raise FeaturesFileError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
     return FeatureSet(**tensors, levels=levels, subdomains=subdomains).validate()
 

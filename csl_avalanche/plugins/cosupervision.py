@@ -109,8 +109,7 @@ class CoSupervisionPlugin(SupervisedPlugin):
         experience.dataset = labelled_dataset(
             self.features.train_x[kept.cpu()],
             hard[kept].cpu(),
-            self.features.num_classes,
-            targets[kept].cpu(),
+            None if targets is None else targets[kept].cpu(),
         )
 
         correct = hard == truth

@@ -1,0 +1,258 @@
+"""From labelled images to a FeatureSet: frozen backbones, weak linear teachers, all cached.
+
+The student is a frozen backbone (`student.arch`) whose pooled embeddings of the pool and test
+images are extracted once. Each teacher is a linear head on a frozen feature stack
+(`teacher.arch`), trained with the same budget on the teacher split's features (never on
+images), or loaded from `teacher.heads=FILE`. Every expensive tensor is cached by a content hash
+of the model weights, the preprocessing and the image files, so a second run of the same config
+extracts nothing.
+
+Subdomains are class sets, or input domains when the images carry `domains` (DomainNet): then a
+domain specialist trains on all classes of its own domain's images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from csl_avalanche.cache import TensorCache, fingerprint
+from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.data.images import Images, TransformedImages
+from csl_avalanche.errors import ConfigError
+from csl_avalanche.hierarchy import Hierarchy
+from csl_avalanche.model_registry import Preprocessing, feature_extractor, preprocessing
+from csl_avalanche.teachers import teacher_probabilities, train_teachers
+
+log = logging.getLogger(__name__)
+
+
+class TeacherHeadsError(ConfigError):
+    """A `teacher.heads` file that does not hold one linear head per teacher."""
+
+
+@dataclass(frozen=True)
+class ImageSplits:
+    """Disjoint labelled image sets: weak-teacher training (None: heads come from a file),
+    transfer pool, test."""
+
+    teachers: Images | None
+    pool: Images
+    test: Images
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A frozen feature extractor with what identifies its outputs: weights and preprocessing."""
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    weights_hash: str
+
+
+def build_image_feature_set(
+    splits: ImageSplits,
+    hierarchy: Hierarchy,
+    num_classes: int,
+    cfg: DictConfig,
+    cache: TensorCache,
+    seed: int,
+) -> FeatureSet:
+    """Extract (or load from cache) embeddings and teacher probabilities; see the module doc.
+
+    `hierarchy` partitions classes, or domains when the images carry `domains`.
+    """
+    if cfg.student.get("finetune"):
+        raise ConfigError(
+            "student.finetune=true is not supported yet: the experiment trains a linear probe "
+            "on cached embeddings of a frozen student; set student.finetune=false"
+        )
+    by_domain = splits.pool.domains is not None
+    start, hits, misses = time.perf_counter(), cache.hits, cache.misses
+    extract = _Extractor(cfg, cache)
+
+    student = extract.backbone(cfg.student, "student", seed)
+    pool_x, _ = extract.features("student-features", student, splits.pool)
+    test_x, _ = extract.features("student-features", student, splits.test)
+
+    teacher = extract.backbone(cfg.teacher, "teacher", seed)
+    pool_t, pool_key = extract.features("teacher-features", teacher, splits.pool)
+    test_t, test_key = extract.features("teacher-features", teacher, splits.test)
+    if cfg.teacher.get("heads"):
+        states = load_heads(cfg.teacher.heads, hierarchy.num_teachers, num_classes, pool_t.shape[1])
+    else:
+        if splits.teachers is None:
+            raise ConfigError("this benchmark has no teacher training images: set teacher.heads")
+        train_t, train_key = extract.features("teacher-features", teacher, splits.teachers)
+        units = splits.teachers.domains if by_domain else splits.teachers.labels
+        budget = {k: cfg.teacher[k] for k in ("steps", "batch_size", "lr")}
+        inputs = (train_key, splits.teachers.labels, units, hierarchy.as_lists(), budget, seed)
+        heads_key = fingerprint("teacher-heads", *inputs)
+        states = cache.get_or_compute(
+            "teacher-heads",
+            heads_key,
+            lambda: _train_heads(
+                hierarchy,
+                train_t,
+                splits.teachers.labels,
+                units,
+                num_classes,
+                budget,
+                extract.device,
+                seed,
+            ),
+        )
+    heads = [_linear_head(state).to(extract.device) for state in states]
+    probs = cache.get_or_compute(
+        "teacher-probs",
+        fingerprint("teacher-probs", states, pool_key, test_key),
+        lambda: {
+            "pool": teacher_probabilities(heads, pool_t).cpu(),
+            "test": teacher_probabilities(heads, test_t).cpu(),
+        },
+    )
+    log.info(
+        "image features ready in %.1f s: %d cached tensors reused, %d computed",
+        time.perf_counter() - start,
+        cache.hits - hits,
+        cache.misses - misses,
+    )
+    offsets = [hierarchy.teacher_slice(level) for level in range(hierarchy.num_levels)]
+    return FeatureSet(
+        train_x=pool_x,
+        train_y=splits.pool.labels,
+        test_x=test_x,
+        test_y=splits.test.labels,
+        teacher_train_probs=probs["pool"],
+        teacher_test_probs=probs["test"],
+        levels=[list(range(s.start, s.stop)) for s in offsets],
+        subdomains=[list(sub) for level in hierarchy.levels for sub in level],
+        train_domains=splits.pool.domains,
+        test_domains=splits.test.domains,
+    ).validate()
+
+
+class _Extractor:
+    """Builds frozen backbones and extracts their features, batched and cached."""
+
+    def __init__(self, cfg: DictConfig, cache: TensorCache):
+        self.cache = cache
+        self.data = cfg.data
+        self.progress = bool(cfg.get("progress", True))
+        wanted = str(cfg.get("device", "auto"))
+        use_cuda = wanted in ("auto", "cuda") and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+
+    def backbone(self, model_cfg: DictConfig, key: str, seed: int) -> Backbone:
+        """`student`/`teacher` backbone; seeded, so random weights are the same every run."""
+        image_size = model_cfg.get("image_size") or self.data.get("image_size")
+        torch.manual_seed(seed)
+        model = feature_extractor(
+            model_cfg.arch,
+            pretrained=bool(model_cfg.get("pretrained")),
+            checkpoint=model_cfg.get("checkpoint"),
+            image_size=image_size,
+            key=key,
+        )
+        prep = preprocessing(model_cfg.arch, model, image_size, self.data.get("crop_pct"))
+        return Backbone(model, prep, fingerprint(model))
+
+    def features(self, name: str, backbone: Backbone, images: Images) -> tuple[torch.Tensor, str]:
+        """Pooled features [N, D] of `images` and their cache key."""
+        key = fingerprint(
+            name, backbone.weights_hash, backbone.preprocessing.as_dict(), images.identity()
+        )
+        value = self.cache.get_or_compute(
+            name, key, lambda: self._extract(backbone, images, f"{name} ({len(images)} images)")
+        )
+        return value, key
+
+    @torch.no_grad()  # not inference_mode: the features later feed autograd as inputs
+    def _extract(self, backbone: Backbone, images: Images, desc: str) -> torch.Tensor:
+        loader = DataLoader(
+            TransformedImages(images, backbone.preprocessing.transform()),
+            batch_size=int(self.data.get("batch_size") or 256),
+            num_workers=int(self.data.get("num_workers") or 0),
+            pin_memory=self.device.type == "cuda",
+        )
+        model = backbone.model.to(self.device).eval()
+        chunks = [
+            model(batch.to(self.device, non_blocking=True)).float().cpu()
+            for batch in tqdm(loader, desc=desc, disable=not self.progress, leave=False)
+        ]
+        model.cpu()
+        if not chunks:
+            raise ValueError(f"{desc}: no images to extract features from")
+        return torch.cat(chunks)
+
+
+def _train_heads(
+    hierarchy: Hierarchy,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    units: torch.Tensor,
+    num_classes: int,
+    budget: dict,
+    device: torch.device,
+    seed: int,
+) -> list[dict[str, torch.Tensor]]:
+    """One linear head per subdomain, each `budget['steps']` batches of its own examples."""
+    heads = train_teachers(
+        hierarchy,
+        x,
+        y,
+        lambda: nn.Linear(x.shape[1], num_classes).to(device),
+        units=units,
+        steps=int(budget["steps"]),
+        batch_size=int(budget["batch_size"]),
+        lr=float(budget["lr"]),
+        seed=seed,
+    )
+    return [{k: v.cpu() for k, v in head.state_dict().items()} for head in heads]
+
+
+def _linear_head(state: dict[str, torch.Tensor]) -> nn.Linear:
+    out_dim, in_dim = state["weight"].shape
+    head = nn.Linear(in_dim, out_dim)
+    head.load_state_dict(state)
+    return head.eval()
+
+
+def load_heads(path: str, num_teachers: int, num_classes: int, dim: int) -> list[dict]:
+    """Teacher heads trained elsewhere: a torch.save'd list (or {'heads': list}) of
+    nn.Linear state_dicts {'weight': [C, D], 'bias': [C]}, one per teacher in level order."""
+    where = f"teacher.heads={path}"
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TeacherHeadsError(f"{where}: no such file") from None
+    except Exception as err:
+        raise TeacherHeadsError(
+            f"{where} is not a torch.save file ({type(err).__name__})"
+        ) from None
+    heads = raw.get("heads") if isinstance(raw, dict) else raw
+    if not isinstance(heads, list | tuple) or len(heads) != num_teachers:
+        count = len(heads) if isinstance(heads, list | tuple) else type(heads).__name__
+        raise TeacherHeadsError(
+            f"{where} must hold a list of {num_teachers} linear heads (one per teacher, level "
+            f"order), got {count}"
+        )
+    for index, state in enumerate(heads):
+        shapes = (
+            {k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+            if isinstance(state, dict)
+            else None
+        )
+        if shapes != {"weight": [num_classes, dim], "bias": [num_classes]}:
+            raise TeacherHeadsError(
+                f"{where}: head {index} must be {{'weight': [{num_classes}, {dim}], "
+                f"'bias': [{num_classes}]}} (classes x teacher features), got {shapes}"
+            )
+    return [dict(state) for state in heads]

@@ -1,0 +1,12 @@
+"""User-facing errors: a wrong setting, missing data, an unusable weights file.
+
+The command line prints such an error as its one-line message, without a traceback, because
+the message already says what was expected, where, and how to fix it. Everything else (a bug)
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A problem the user fixes in the config or on disk; its message is the whole report."""
