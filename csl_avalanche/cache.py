@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from csl_avalanche.errors import ConfigError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class CacheError(RuntimeError):
+class CacheError(ConfigError):
     """A cache file that cannot be read or does not hold what its name promises."""
 
 

@@ -23,6 +23,7 @@ from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.cosupervision import pgr
 from csl_avalanche.data.registry import build_features
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric, SubdomainForgettingMetric
 from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
@@ -38,11 +39,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ConfigError(
             "device=cuda was asked for, but torch sees no CUDA device; use device=auto"
         )
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
 
 
@@ -59,7 +60,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(seed)
     device = resolve_device(cfg.device)
     if cfg.strategy.name not in STRATEGIES:
-        raise KeyError(
+        raise ConfigError(
             f"unknown strategy.name {cfg.strategy.name!r}; choose one of {list(STRATEGIES)}"
         )
 

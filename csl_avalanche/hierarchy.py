@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from csl_avalanche.errors import ConfigError
 
-class HierarchyError(ValueError):
+
+class HierarchyError(ConfigError):
     """A hierarchy whose levels do not partition the classes or do not refine each other."""
 
 

@@ -7,6 +7,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from csl_avalanche import cosupervision as cs
 from csl_avalanche.benchmark import make_csl_benchmark
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.loader import InMemoryBatchLoader
 from strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
@@ -114,7 +115,7 @@ def test_too_few_kept_samples_stop_with_the_keep_rate(tiny_features):
     strategy = make_csl(tiny_features, denoise="top1", batch_size=239)
     benchmark = make_csl_benchmark(tiny_features)
     strategy.train(benchmark.train_stream[0], eval_streams=[])
-    with pytest.raises(RuntimeError, match=r"criterion 'top1' kept \d+ of 240 .*keep rate"):
+    with pytest.raises(ConfigError, match=r"criterion 'top1' kept \d+ of 240 .*keep rate"):
         strategy.train(benchmark.train_stream[1], eval_streams=[])
 
 

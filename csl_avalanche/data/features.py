@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy, HierarchyError
 
 
-class FeaturesFileError(ValueError):
+class FeaturesFileError(ConfigError):
     """A features file that is missing, incomplete, or whose fields disagree."""
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.errors import ConfigError
 
 Source = Callable[[DictConfig, TensorCache, int], FeatureSet]
 _SOURCES: dict[str, Source] = {}
@@ -35,5 +36,5 @@ def build_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet
     """Run the source named by `cfg.benchmark.name`."""
     name = cfg.benchmark.name
     if name not in _SOURCES:
-        raise KeyError(f"unknown benchmark {name!r}; available: {available_sources()}")
+        raise ConfigError(f"unknown benchmark {name!r}; available: {available_sources()}")
     return _SOURCES[name](cfg, cache, seed)

@@ -61,10 +61,15 @@ class CoSupervisionPlugin(SupervisedPlugin):
     ):
         super().__init__()
         if assignment not in TARGET_RULES:
-            raise ValueError(f"unknown assignment {assignment!r}; choose one of {TARGET_RULES}")
+            raise ConfigError(
+                f"unknown strategy.assignment {assignment!r}; choose one of {TARGET_RULES}"
+            )
         if labels not in cs.LABEL_KINDS:
-            raise ValueError(f"unknown labels {labels!r}; choose one of {cs.LABEL_KINDS}")
-        cs.topk_of(denoise)  # validates the criterion now rather than at level 1
+            raise ConfigError(f"unknown strategy.labels {labels!r}; choose one of {cs.LABEL_KINDS}")
+        try:
+            cs.topk_of(denoise)  # validates the criterion now rather than at level 1
+        except ValueError as err:
+            raise ConfigError(f"strategy.denoise: {err}") from None
         self.features = features
         self.hierarchy = features.hierarchy
         self.assignment = assignment
@@ -147,7 +152,7 @@ class CoSupervisionPlugin(SupervisedPlugin):
     def _check_enough(self, keep: torch.Tensor, batch_size: int, level: int) -> None:
         kept = int(keep.sum())
         if kept < batch_size:
-            raise RuntimeError(
+            raise ConfigError(
                 f"level {level}: denoising criterion {self.denoise!r} kept {kept} of "
                 f"{len(keep)} samples (keep rate {kept / len(keep):.3f}), fewer than one batch "
                 f"of {batch_size}; use a looser criterion (a larger topK, or all) or a smaller "
