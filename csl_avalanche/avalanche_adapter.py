@@ -298,7 +298,7 @@ def _cached_outputs(
 
     def compute() -> dict[str, torch.Tensor]:
         return {
-            part: torch.stack([predict(m, getattr(split, part)[0]) for m in models])
+            part: torch.stack([predict(m, getattr(split, part)[0]).cpu() for m in models])
             for part in ("pool", "test")
         }
 

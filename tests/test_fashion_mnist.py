@@ -228,8 +228,8 @@ def test_real_fashion_mnist(tmp_path):
         tmp_path / "run",
         "benchmark=fashion_mnist",
         "benchmark.splits={pretrain: 0.05, teachers: 0.15, pool: 0.1, test: 0.05}",
-        "student.pretrain.steps=300",
-        "strategy.epochs=5",
+        "student.pretrain.steps=200",
+        "student.pretrain.batch_size=64",
     )
     assert results["ceiling_accuracy"] > results["weak_accuracy"] + 0.05
     assert results["levels"][-1]["pgr"] > 0.2
