@@ -23,12 +23,11 @@ from torch.utils.data import DataLoader
 from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.cache import TensorCache, fingerprint
 from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.data.pipeline import Budget, SplitData
+from csl_avalanche.data.pipeline import Budget, SplitData, pretrained_backbone, trained_teachers
 from csl_avalanche.data.splits import stratified_split
 from csl_avalanche.errors import ConfigError
-from csl_avalanche.fit import fit_classifier, predict
+from csl_avalanche.fit import predict
 from csl_avalanche.hierarchy import Hierarchy, HierarchyError
-from csl_avalanche.teachers import train_teachers
 
 DEFAULT_CACHE = "~/.cache/csl-avalanche"
 
@@ -192,18 +191,30 @@ def features_from_avalanche(
     )
 
     if backbone is None:
-        backbone = _pretrained_backbone(
-            make_backbone, backbone_budget, split.pretrain, hierarchy.num_classes, cache, seed
+        backbone = pretrained_backbone(
+            make_backbone,
+            backbone_budget,
+            split.pretrain,
+            hierarchy.num_classes,
+            repr(make_backbone()),
+            cache,
+            seed,
         )
     if teachers is None:
-        teachers = _trained_teachers(
-            make_teacher, teacher_budget, split.teachers, hierarchy, cache, seed
+        teachers = trained_teachers(
+            make_teacher,
+            teacher_budget,
+            split.teachers,
+            hierarchy,
+            repr(make_teacher()),
+            cache,
+            seed,
         )
     embeddings = _cached_outputs(cache, "embeddings", [backbone], split)
     embeddings = {part: out[0].flatten(1) for part, out in embeddings.items()}
     logits = _cached_outputs(cache, "teacher-logits", list(teachers), split)
     probs = {part: out.flatten(2).softmax(dim=2) for part, out in logits.items()}
-    offsets = [hierarchy.teacher_slice(level) for level in range(hierarchy.num_levels)]
+    levels, subdomains = hierarchy.teacher_lists()
     return FeatureSet(
         train_x=embeddings["pool"].float(),
         train_y=split.pool[1],
@@ -211,8 +222,8 @@ def features_from_avalanche(
         test_y=split.test[1],
         teacher_train_probs=probs["pool"].float(),
         teacher_test_probs=probs["test"].float(),
-        levels=[list(range(s.start, s.stop)) for s in offsets],
-        subdomains=[list(sub) for level in hierarchy.levels for sub in level],
+        levels=levels,
+        subdomains=subdomains,
     ).validate()
 
 
@@ -221,73 +232,6 @@ def csl_benchmark_from_avalanche(benchmark, **kwargs) -> CSLBenchmark:
     hierarchy levels (teacher labels), test experiences the finest subdomains (the benchmark's
     own experiences' class sets). Keyword arguments: see `features_from_avalanche`."""
     return make_csl_benchmark(features_from_avalanche(benchmark, **kwargs))
-
-
-def _pretrained_backbone(
-    make_backbone: Callable[[], nn.Module],
-    budget: Budget,
-    data: tuple[torch.Tensor, torch.Tensor],
-    num_classes: int,
-    cache: TensorCache,
-    seed: int,
-) -> nn.Module:
-    """Pretrain with labels on the pretraining split (a backbone and a linear head, `budget`
-    steps), as the built-in benchmarks do; cached by architecture, data, budget and seed."""
-    key = fingerprint("backbone", repr(make_backbone()), data, budget, seed)
-
-    def pretrain() -> dict:
-        torch.manual_seed(seed)
-        backbone = make_backbone()
-        with torch.no_grad():
-            embed_dim = backbone.eval()(data[0][:2]).flatten(1).shape[1]
-        classifier = nn.Sequential(backbone, nn.Flatten(), nn.Linear(embed_dim, num_classes))
-        fit_classifier(
-            classifier,
-            *data,
-            steps=budget.steps,
-            batch_size=budget.batch_size,
-            lr=budget.lr,
-            seed=seed,
-        )
-        return backbone.state_dict()
-
-    backbone = make_backbone()
-    backbone.load_state_dict(cache.get_or_compute("backbone", key, pretrain))
-    return backbone.eval()
-
-
-def _trained_teachers(
-    make_teacher: Callable[[], nn.Module],
-    budget: Budget,
-    data: tuple[torch.Tensor, torch.Tensor],
-    hierarchy: Hierarchy,
-    cache: TensorCache,
-    seed: int,
-) -> list[nn.Module]:
-    """One teacher per subdomain, each `budget` steps on its own classes (teachers.py)."""
-    key = fingerprint("teachers", repr(make_teacher()), data, hierarchy.as_lists(), budget, seed)
-    states = cache.get_or_compute(
-        "teachers",
-        key,
-        lambda: [
-            t.state_dict()
-            for t in train_teachers(
-                hierarchy,
-                *data,
-                make_teacher,
-                steps=budget.steps,
-                batch_size=budget.batch_size,
-                lr=budget.lr,
-                seed=seed,
-            )
-        ],
-    )
-    teachers = []
-    for state in states:
-        teacher = make_teacher()
-        teacher.load_state_dict(state)
-        teachers.append(teacher.eval())
-    return teachers
 
 
 def _cached_outputs(

@@ -112,6 +112,12 @@ class Hierarchy:
     def finest(self) -> tuple[tuple[int, ...], ...]:
         return self.levels[-1]
 
+    def teacher_lists(self) -> tuple[list[list[int]], list[list[int]]]:
+        """The features-file form: (teacher indices per level, classes per teacher)."""
+        slices = [self.teacher_slice(level) for level in range(self.num_levels)]
+        levels = [list(range(s.start, s.stop)) for s in slices]
+        return levels, [list(sub) for level in self.levels for sub in level]
+
     def as_lists(self) -> list[list[list[int]]]:
         return [[list(sub) for sub in lvl] for lvl in self.levels]
 

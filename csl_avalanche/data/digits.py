@@ -53,7 +53,6 @@ def digits_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSe
         data,
         hierarchy,
         make_backbone=lambda: mlp_backbone(SIDE * SIDE, student.hidden, student.embed_dim),
-        embed_dim=student.embed_dim,
         backbone_budget=Budget(
             student.pretrain.steps, student.pretrain.batch_size, student.pretrain.lr
         ),

@@ -181,7 +181,6 @@ def fashion_mnist_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Fe
         data,
         hierarchy,
         make_backbone=lambda: small_cnn_backbone(side, student.channels, student.embed_dim),
-        embed_dim=student.embed_dim,
         backbone_budget=Budget(
             student.pretrain.steps, student.pretrain.batch_size, student.pretrain.lr
         ),

@@ -124,7 +124,7 @@ def build_image_feature_set(
         cache.hits - hits,
         cache.misses - misses,
     )
-    offsets = [hierarchy.teacher_slice(level) for level in range(hierarchy.num_levels)]
+    levels, subdomains = hierarchy.teacher_lists()
     return FeatureSet(
         train_x=pool_x,
         train_y=splits.pool.labels,
@@ -132,8 +132,8 @@ def build_image_feature_set(
         test_y=splits.test.labels,
         teacher_train_probs=probs["pool"],
         teacher_test_probs=probs["test"],
-        levels=[list(range(s.start, s.stop)) for s in offsets],
-        subdomains=[list(sub) for level in hierarchy.levels for sub in level],
+        levels=levels,
+        subdomains=subdomains,
         train_domains=splits.pool.domains,
         test_domains=splits.test.domains,
     ).validate()

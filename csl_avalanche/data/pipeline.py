@@ -47,7 +47,6 @@ def build_feature_set(
     hierarchy: Hierarchy,
     *,
     make_backbone: Callable[[], nn.Module],
-    embed_dim: int,
     backbone_budget: Budget,
     make_teacher: Callable[[], nn.Module],
     teacher_budget: Budget,
@@ -61,21 +60,14 @@ def build_feature_set(
     `backbone_config` and `teacher_config` describe the two factories (architecture names and
     sizes); each is part of its own models' cache keys, as are the data, budgets and seed.
     """
-    backbone = make_backbone()
-    backbone_key = fingerprint("backbone", data.pretrain, backbone_config, backbone_budget, seed)
-    backbone.load_state_dict(
-        cache.get_or_compute(
-            "backbone",
-            backbone_key,
-            lambda: _pretrain_backbone(
-                make_backbone,
-                embed_dim,
-                hierarchy.num_classes,
-                data.pretrain,
-                backbone_budget,
-                seed,
-            ),
-        )
+    backbone = pretrained_backbone(
+        make_backbone,
+        backbone_budget,
+        data.pretrain,
+        hierarchy.num_classes,
+        backbone_config,
+        cache,
+        seed,
     )
     embed_key = fingerprint("embeddings", backbone, data.pool[0], data.test[0])
     embeddings = cache.get_or_compute(
@@ -83,32 +75,10 @@ def build_feature_set(
         embed_key,
         lambda: {"pool": predict(backbone, data.pool[0]), "test": predict(backbone, data.test[0])},
     )
-
-    teacher_key = fingerprint(
-        "teachers", data.teachers, hierarchy.as_lists(), teacher_config, teacher_budget, seed
+    teachers = trained_teachers(
+        make_teacher, teacher_budget, data.teachers, hierarchy, teacher_config, cache, seed
     )
-    states = cache.get_or_compute(
-        "teachers",
-        teacher_key,
-        lambda: [
-            t.state_dict()
-            for t in train_teachers(
-                hierarchy,
-                *data.teachers,
-                make_teacher,
-                steps=teacher_budget.steps,
-                batch_size=teacher_budget.batch_size,
-                lr=teacher_budget.lr,
-                seed=seed,
-            )
-        ],
-    )
-    teachers = []
-    for state in states:
-        teacher = make_teacher()
-        teacher.load_state_dict(state)
-        teachers.append(teacher.eval())
-    probs_key = fingerprint("teacher-probs", states, data.pool[0], data.test[0])
+    probs_key = fingerprint("teacher-probs", teachers, data.pool[0], data.test[0])
     probs = cache.get_or_compute(
         "teacher-probs",
         probs_key,
@@ -117,7 +87,7 @@ def build_feature_set(
             "test": teacher_probabilities(teachers, data.test[0]),
         },
     )
-    offsets = [hierarchy.teacher_slice(level) for level in range(hierarchy.num_levels)]
+    levels, subdomains = hierarchy.teacher_lists()
     return FeatureSet(
         train_x=embeddings["pool"],
         train_y=data.pool[1],
@@ -125,25 +95,79 @@ def build_feature_set(
         test_y=data.test[1],
         teacher_train_probs=probs["pool"],
         teacher_test_probs=probs["test"],
-        levels=[list(range(s.start, s.stop)) for s in offsets],
-        subdomains=[list(sub) for level in hierarchy.levels for sub in level],
+        levels=levels,
+        subdomains=subdomains,
     ).validate()
 
 
-def _pretrain_backbone(
+def pretrained_backbone(
     make_backbone: Callable[[], nn.Module],
-    embed_dim: int,
-    num_classes: int,
-    data: tuple[torch.Tensor, torch.Tensor],
     budget: Budget,
+    data: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    config: object,
+    cache: TensorCache,
     seed: int,
-) -> dict:
-    """Supervised pretraining on the disjoint pretraining split: the offline foundation model."""
-    log.info("pretraining the student backbone on %d examples", len(data[0]))
-    torch.manual_seed(seed)
+) -> nn.Module:
+    """The student backbone, pretrained with labels on the disjoint pretraining split (the
+    offline foundation model): a backbone plus a linear head trained for `budget` steps.
+
+    Cached by `config` (what describes `make_backbone`), data, budget and seed.
+    """
+
+    def pretrain() -> dict:
+        log.info("pretraining the student backbone on %d examples", len(data[0]))
+        torch.manual_seed(seed)
+        backbone = make_backbone()
+        with torch.no_grad():
+            embed_dim = backbone.eval()(data[0][:2]).flatten(1).shape[1]
+        classifier = nn.Sequential(backbone, nn.Flatten(), nn.Linear(embed_dim, num_classes))
+        fit_classifier(
+            classifier,
+            *data,
+            steps=budget.steps,
+            batch_size=budget.batch_size,
+            lr=budget.lr,
+            seed=seed,
+        )
+        return backbone.state_dict()
+
+    key = fingerprint("backbone", data, config, budget, seed)
     backbone = make_backbone()
-    classifier = nn.Sequential(backbone, nn.Linear(embed_dim, num_classes))
-    fit_classifier(
-        classifier, *data, steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr, seed=seed
-    )
-    return backbone.state_dict()
+    backbone.load_state_dict(cache.get_or_compute("backbone", key, pretrain))
+    return backbone.eval()
+
+
+def trained_teachers(
+    make_teacher: Callable[[], nn.Module],
+    budget: Budget,
+    data: tuple[torch.Tensor, torch.Tensor],
+    hierarchy: Hierarchy,
+    config: object,
+    cache: TensorCache,
+    seed: int,
+) -> list[nn.Module]:
+    """One frozen teacher per subdomain, each `budget` steps on its own classes (teachers.py).
+
+    Cached by `config` (what describes `make_teacher`), data, hierarchy, budget and seed.
+    """
+
+    def train() -> list[dict]:
+        teachers = train_teachers(
+            hierarchy,
+            *data,
+            make_teacher,
+            steps=budget.steps,
+            batch_size=budget.batch_size,
+            lr=budget.lr,
+            seed=seed,
+        )
+        return [teacher.state_dict() for teacher in teachers]
+
+    key = fingerprint("teachers", data, hierarchy.as_lists(), config, budget, seed)
+    teachers = []
+    for state in cache.get_or_compute("teachers", key, train):
+        teacher = make_teacher()
+        teacher.load_state_dict(state)
+        teachers.append(teacher.eval())
+    return teachers
