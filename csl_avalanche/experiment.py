@@ -25,6 +25,7 @@ from csl_avalanche.cosupervision import pgr
 from csl_avalanche.data.registry import build_features
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric, SubdomainForgettingMetric
+from csl_avalanche.model_registry import image_student
 from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
 from csl_avalanche.plugins.progress import EpochProgressPlugin
@@ -121,8 +122,19 @@ def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int) -> float:
     return (predictions == features.test_y).float().mean().item()
 
 
-def _student(benchmark: CSLBenchmark) -> torch.nn.Module:
-    return linear_probe(benchmark.features.train_x.shape[1], benchmark.features.num_classes)
+def _student(cfg: DictConfig, benchmark: CSLBenchmark) -> torch.nn.Module:
+    """A linear probe on cached embeddings; with images (`student.finetune=true`), the whole
+    `student.arch` network, augmenting and normalising its inputs itself."""
+    features = benchmark.features
+    if not features.holds_images:
+        return linear_probe(features.train_x.shape[1], features.num_classes)
+    return image_student(
+        cfg.student.arch,
+        num_classes=features.num_classes,
+        image_size=features.train_x.shape[-1],
+        pretrained=bool(cfg.student.get("pretrained")),
+        checkpoint=cfg.student.get("checkpoint"),
+    )
 
 
 def _evaluator(cfg: DictConfig, log_dir: Path, *extra_metrics) -> EvaluationPlugin:
@@ -150,7 +162,7 @@ def _run_ceiling(cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path
     seed_everything(int(cfg.seed))
     plugins = [EpochProgressPlugin("ceiling")] if cfg.progress else []
     strategy = GroundTruthCeiling(
-        model=_student(benchmark),
+        model=_student(cfg, benchmark),
         evaluator=_evaluator(cfg, run_dir / "tb" / "ceiling"),
         plugins=plugins,
         **_common_kwargs(cfg, device),
@@ -164,7 +176,7 @@ def _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling, forgetting) -
     plugins = [EpochProgressPlugin(s.name)] if cfg.progress else []
     plugins += build_continual_plugins(OmegaConf.to_container(cfg.plugins))
     return STRATEGIES[s.name](
-        model=_student(benchmark),
+        model=_student(cfg, benchmark),
         features=benchmark.features,
         assignment=s.assignment,
         labels=s.labels,

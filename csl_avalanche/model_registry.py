@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from csl_avalanche.errors import ConfigError
+from csl_avalanche.models import ImageStudent
 
 TORCHVISION_PREFIX = "torchvision:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,17 +55,30 @@ class Preprocessing:
     interpolation: str
 
     def transform(self) -> Callable:
+        """PIL image -> normalised float tensor [3, S, S], what a frozen backbone reads."""
+        from torchvision import transforms as T
+
+        return T.Compose([*self._geometry(), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def pixels(self) -> Callable:
+        """PIL image -> uint8 tensor [3, S, S], resized and cropped but not normalised: what a
+        fine-tuned student (ImageStudent) stores and later augments and normalises itself."""
+        from torchvision import transforms as T
+
+        return T.Compose([*self._geometry(), T.PILToTensor()])
+
+    def geometry(self) -> dict:
+        """What `pixels` depends on (its cache key): everything but the normalisation."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("mean", "std")}
+
+    def _geometry(self) -> list[Callable]:
         from torchvision import transforms as T
 
         mode = T.InterpolationMode(self.interpolation)
-        return T.Compose(
-            [
-                T.Resize(round(self.image_size / self.crop_pct), interpolation=mode),
-                T.CenterCrop(self.image_size),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
+        return [
+            T.Resize(round(self.image_size / self.crop_pct), interpolation=mode),
+            T.CenterCrop(self.image_size),
+        ]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +134,28 @@ def feature_extractor(
         key=key,
     )
     return model.eval()
+
+
+def image_student(
+    arch: str,
+    *,
+    num_classes: int,
+    image_size: int,
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> ImageStudent:
+    """The whole `student.arch` network for fine-tuning on image_size x image_size images, with
+    its own normalisation and train-time augmentation (ImageStudent)."""
+    model = create_model(
+        arch,
+        num_classes=num_classes,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        image_size=image_size,
+        key="student",
+    )
+    prep = preprocessing(arch, model, image_size)
+    return ImageStudent(model, mean=prep.mean, std=prep.std)
 
 
 def preprocessing(

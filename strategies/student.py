@@ -20,10 +20,11 @@ class StudentTemplate(SupervisedTemplate):
     """SupervisedTemplate with the paper's optimisation recipe.
 
     `labels="soft"` trains on the probability vectors carried as the dataset's third column;
-    `labels="hard"` on `y`. `reinit_student=True` re-initialises every module of the model
-    (seeded by `seed` and the experience count) before each experience after the first.
-    `in_memory=True` uses InMemoryBatchLoader (set it False for image datasets with
-    augmentation, where each epoch must re-read the samples).
+    `labels="hard"` on `y`. `reinit_student=True` restores the model's initial state (a copy
+    of its state_dict taken here) before each experience after the first: a linear probe
+    starts again from its initial random weights, a fine-tuned network from its pretrained
+    backbone and initial head. `in_memory=True` uses InMemoryBatchLoader (the inputs are
+    gathered from tensors on the training device; an ImageStudent augments each batch itself).
     """
 
     def __init__(
@@ -58,6 +59,9 @@ class StudentTemplate(SupervisedTemplate):
         self.in_memory = in_memory
         self.seed = seed
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.initial_state = {
+            name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()
+        }
 
     def criterion(self) -> torch.Tensor:
         if self.is_training and self.labels == "soft":
@@ -66,10 +70,7 @@ class StudentTemplate(SupervisedTemplate):
 
     def check_model_and_optimizer(self, **kwargs) -> None:
         if self.reinit_student and self.clock.train_exp_counter > 0:
-            torch.manual_seed(self.seed + self.clock.train_exp_counter)
-            for module in self.model.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+            self.model.load_state_dict(self.initial_state)
         super().check_model_and_optimizer(**kwargs)
 
     def make_optimizer(self, **kwargs) -> None:

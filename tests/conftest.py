@@ -73,6 +73,17 @@ def tiny_features() -> FeatureSet:
     return make_feature_set()
 
 
+@pytest.fixture
+def single_threaded(monkeypatch):
+    """Tiny models gain nothing from threads, and on a busy 2-core runner OpenMP's thread
+    synchronisation makes each small step many times slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(run_dir: Path, *overrides: str, cache_dir: Path | None = None) -> dict:
     """Run `python -m csl_avalanche.run` in a subprocess; return its results.json."""
     cache = cache_dir or run_dir.parent / "cache"

@@ -20,7 +20,6 @@ from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.image_features import TeacherHeadsError
 from csl_avalanche.data.images import DatasetError
 from csl_avalanche.data.registry import build_features
-from csl_avalanche.errors import ConfigError
 from csl_avalanche.model_registry import create_model
 
 # Tiny models, tiny images, short budgets: only the plumbing is under test.
@@ -95,15 +94,7 @@ def write_cifar100(root: Path, train_per_class: int = 2, test_per_class: int = 1
     (folder / "meta").write_bytes(pickle.dumps(meta))
 
 
-@pytest.fixture(autouse=True)
-def single_threaded(monkeypatch):
-    """Tiny models gain nothing from threads, and on a busy 2-core runner OpenMP's thread
-    synchronisation makes each small step many times slower."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 def compose_cfg(*overrides: str):
@@ -192,12 +183,29 @@ def test_missing_data_says_what_was_expected_where(tmp_path, benchmark, expected
         build_features(compose_cfg(f"benchmark={benchmark}", *root), TensorCache(tmp_path), 0)
 
 
-def test_student_finetune_is_a_clear_config_error(tmp_path, imagefolder_root):
-    cfg = compose_cfg(
-        "benchmark=imagefolder", f"data.root={imagefolder_root}", "student.finetune=true"
+def test_imagefolder_end_to_end_with_a_finetuned_student(tmp_path, imagefolder_root):
+    torch.manual_seed(4)
+    checkpoint = tmp_path / "student.pt"
+    torch.save(create_model("test_resnet", num_classes=0).state_dict(), checkpoint)
+    results = run_cli(
+        tmp_path / "run",
+        "benchmark=imagefolder",
+        f"data.root={imagefolder_root}",
+        *TINY,
+        "student.arch=test_resnet",
+        f"student.checkpoint={checkpoint}",
+        "student.finetune=true",
+        "data.image_size=24",
+        "strategy.epochs=1",
     )
-    with pytest.raises(ConfigError, match="student.finetune=true is not supported"):
-        build_features(cfg, TensorCache(tmp_path), 0)
+    assert [lvl["num_teachers"] for lvl in results["levels"]] == [1, 2, 4]
+    assert all(0.0 <= lvl["student_accuracy"] <= 1.0 for lvl in results["levels"])
+    assert results["config"]["student"]["finetune"] is True
+    # The student's inputs are cached images, not embeddings.
+    cached = {path.name.split("-")[1] for path in (tmp_path / "cache").glob("student-*.pt")}
+    assert cached == {"pixels"}
+    pool = torch.load(next((tmp_path / "cache").glob("student-pixels-*.pt")), weights_only=True)
+    assert pool["value"].dtype == torch.uint8 and pool["value"].shape[1:] == (3, 24, 24)
 
 
 def test_cifar100_end_to_end(tmp_path):

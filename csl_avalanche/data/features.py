@@ -5,6 +5,11 @@ truth (for the ceiling and diagnostics only), the frozen teachers' class probabi
 and the hierarchy. Users with embeddings and teacher outputs computed elsewhere save the same
 fields with `torch.save` and run `benchmark=features data.path=FILE`.
 
+With a fine-tuned student (`student.finetune=true` on the image benchmarks) `train_x` and
+`test_x` hold the student's preprocessed images instead, [N, 3, H, W] (uint8, or floating point
+in [0, 1]): the student network normalises and augments them itself. Features files always
+hold embeddings.
+
 Subdomains are usually class sets. When they are input domains instead (DomainNet: a sketch
 specialist knows every class, but only sketches), the optional `train_domains`/`test_domains`
 give each sample's domain and `subdomains` lists domain indices: the hierarchy then partitions
@@ -29,9 +34,9 @@ class FeaturesFileError(ConfigError):
 
 @dataclass(frozen=True)
 class FeatureSet:
-    train_x: torch.Tensor  # [N, D] student inputs of the transfer pool
+    train_x: torch.Tensor  # [N, D] student inputs of the pool (or images [N, 3, H, W])
     train_y: torch.Tensor  # [N] ground truth (ceiling and diagnostics only)
-    test_x: torch.Tensor  # [M, D]
+    test_x: torch.Tensor  # [M, D] (or [M, 3, H, W])
     test_y: torch.Tensor  # [M]
     teacher_train_probs: torch.Tensor  # [T, N, C]
     teacher_test_probs: torch.Tensor  # [T, M, C]
@@ -68,20 +73,34 @@ class FeatureSet:
         """Levels of class sets, or of domain sets when `by_domain`."""
         return Hierarchy.from_teacher_lists(self.levels, self.subdomains, self.num_units)
 
-    def validate(self) -> FeatureSet:
-        """Check every shape, dtype and index; raise FeaturesFileError naming what disagrees."""
-        _check_tensor("train_x", self.train_x, dims=2, floating=True)
-        _check_tensor("test_x", self.test_x, dims=2, floating=True)
+    @property
+    def holds_images(self) -> bool:
+        """True when the student inputs are images [N, 3, H, W] (a fine-tuned student)."""
+        return self.train_x.dim() == 4
+
+    def validate(self, *, images: bool = True) -> FeatureSet:
+        """Check every shape, dtype and index; raise FeaturesFileError naming what disagrees.
+
+        `images=False` (features files) requires embeddings [N, D]; otherwise the student
+        inputs may also be images [N, 3, H, W], uint8 or floating point.
+        """
+        if images and self.holds_images:
+            for name in ("train_x", "test_x"):
+                _check_images(name, getattr(self, name))
+        else:
+            _check_tensor("train_x", self.train_x, dims=2, floating=True, images=images)
+            _check_tensor("test_x", self.test_x, dims=2, floating=True)
         _check_tensor("train_y", self.train_y, dims=1, floating=False)
         _check_tensor("test_y", self.test_y, dims=1, floating=False)
         _check_tensor("teacher_train_probs", self.teacher_train_probs, dims=3, floating=True)
         _check_tensor("teacher_test_probs", self.teacher_test_probs, dims=3, floating=True)
-        n, d = self.train_x.shape
+        n, *sample = self.train_x.shape
+        d = f"D={sample[0]}" if len(sample) == 1 else f"images of {sample}"
         m = self.test_x.shape[0]
         t, _, c = self.teacher_train_probs.shape
         expect = {
             "train_y": (self.train_y, (n,)),
-            "test_x": (self.test_x, (m, d)),
+            "test_x": (self.test_x, (m, *sample)),
             "test_y": (self.test_y, (m,)),
             "teacher_train_probs": (self.teacher_train_probs, (t, n, c)),
             "teacher_test_probs": (self.teacher_test_probs, (t, m, c)),
@@ -90,7 +109,7 @@ class FeatureSet:
             if tuple(tensor.shape) != shape:
                 raise FeaturesFileError(
                     f"{name} has shape {list(tensor.shape)}, expected {list(shape)} "
-                    f"(N={n} pool samples, M={m} test samples, D={d}, T={t} teachers, C={c})"
+                    f"(N={n} pool samples, M={m} test samples, {d}, T={t} teachers, C={c})"
                 )
         for name, labels in (("train_y", self.train_y), ("test_y", self.test_y)):
             if len(labels) and (labels.min() < 0 or labels.max() >= c):
@@ -164,19 +183,37 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
     for name, value in tensors.items():
         if not isinstance(value, torch.Tensor) and not (name in OPTIONAL_FIELDS and value is None):
             raise FeaturesFileError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
-    return FeatureSet(**tensors, levels=levels, subdomains=subdomains).validate()
+    return FeatureSet(**tensors, levels=levels, subdomains=subdomains).validate(images=False)
 
 
 def save_features(features: FeatureSet, path: str | os.PathLike[str]) -> None:
     torch.save({f.name: getattr(features, f.name) for f in fields(FeatureSet)}, path)
 
 
-def _check_tensor(name: str, tensor: torch.Tensor, *, dims: int, floating: bool) -> None:
+def _check_tensor(
+    name: str, tensor: torch.Tensor, *, dims: int, floating: bool, images: bool = False
+) -> None:
+    """`images`: say in the message that 4-D images [N, 3, H, W] would also do."""
     if tensor.dim() != dims:
-        raise FeaturesFileError(f"{name} must have {dims} dimensions, got {list(tensor.shape)}")
+        alternative = " (embeddings [N, D]), or 4 (images [N, 3, H, W])" if images else ""
+        raise FeaturesFileError(
+            f"{name} must have {dims} dimensions{alternative}, got {list(tensor.shape)}"
+        )
     if tensor.is_floating_point() != floating:
         kind = "a floating-point" if floating else "an integer"
         raise FeaturesFileError(f"{name} must be {kind} tensor, got {tensor.dtype}")
+
+
+def _check_images(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dim() != 4 or tensor.shape[1] != 3:
+        raise FeaturesFileError(
+            f"{name} must be images [N, 3, H, W] (3 colour channels), "
+            f"got shape {list(tensor.shape)}"
+        )
+    if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
+        raise FeaturesFileError(
+            f"{name} images must be uint8 or floating point, got {tensor.dtype}"
+        )
 
 
 def _check_probabilities(name: str, probs: torch.Tensor) -> None:

@@ -1,11 +1,13 @@
 """From labelled images to a FeatureSet: frozen backbones, weak linear teachers, all cached.
 
 The student is a frozen backbone (`student.arch`) whose pooled embeddings of the pool and test
-images are extracted once. Each teacher is a linear head on a frozen feature stack
-(`teacher.arch`), trained with the same budget on the teacher split's features (never on
-images), or loaded from `teacher.heads=FILE`. Every expensive tensor is cached by a content hash
-of the model weights, the preprocessing and the image files, so a second run of the same config
-extracts nothing.
+images are extracted once; with `student.finetune=true` the whole student trains instead, and
+the pool and test images are stored as the student preprocesses them (resized and centre
+cropped, uint8, not normalised: `ImageStudent` augments and normalises each batch). Each
+teacher is a linear head on a frozen feature stack (`teacher.arch`), trained with the same
+budget on the teacher split's features (never on images), or loaded from `teacher.heads=FILE`.
+Every expensive tensor is cached by a content hash of the model weights, the preprocessing and
+the image files, so a second run of the same config extracts nothing.
 
 Subdomains are class sets, or input domains when the images carry `domains` (DomainNet): then a
 domain specialist trains on all classes of its own domain's images.
@@ -69,18 +71,17 @@ def build_image_feature_set(
 
     `hierarchy` partitions classes, or domains when the images carry `domains`.
     """
-    if cfg.student.get("finetune"):
-        raise ConfigError(
-            "student.finetune=true is not supported yet: the experiment trains a linear probe "
-            "on cached embeddings of a frozen student; set student.finetune=false"
-        )
     by_domain = splits.pool.domains is not None
     start, hits, misses = time.perf_counter(), cache.hits, cache.misses
     extract = _Extractor(cfg, cache)
 
     student = extract.backbone(cfg.student, "student", seed)
-    pool_x, _ = extract.features("student-features", student, splits.pool)
-    test_x, _ = extract.features("student-features", student, splits.test)
+    if cfg.student.get("finetune"):
+        pool_x = extract.pixels(student.preprocessing, splits.pool)
+        test_x = extract.pixels(student.preprocessing, splits.test)
+    else:
+        pool_x, _ = extract.features("student-features", student, splits.pool)
+        test_x, _ = extract.features("student-features", student, splits.test)
 
     teacher = extract.backbone(cfg.teacher, "teacher", seed)
     pool_t, pool_key = extract.features("teacher-features", teacher, splits.pool)
@@ -174,23 +175,37 @@ class _Extractor:
         )
         return value, key
 
+    def pixels(self, prep: Preprocessing, images: Images) -> torch.Tensor:
+        """`images` resized and centre cropped as `prep` says, uint8 [N, 3, S, S]."""
+        key = fingerprint("student-pixels", prep.geometry(), images.identity())
+        desc = f"student-pixels ({len(images)} images)"
+        return self.cache.get_or_compute(
+            "student-pixels",
+            key,
+            lambda: torch.cat(list(self._batches(images, prep.pixels(), desc))),
+        )
+
     @torch.no_grad()  # not inference_mode: the features later feed autograd as inputs
     def _extract(self, backbone: Backbone, images: Images, desc: str) -> torch.Tensor:
+        model = backbone.model.to(self.device).eval()
+        chunks = [
+            model(batch.to(self.device, non_blocking=True)).float().cpu()
+            for batch in self._batches(images, backbone.preprocessing.transform(), desc)
+        ]
+        model.cpu()
+        return torch.cat(chunks)
+
+    def _batches(self, images: Images, transform, desc: str):
+        """Decoded, transformed images in batches (`data.batch_size`, `data.num_workers`)."""
+        if not len(images):
+            raise ValueError(f"{desc}: no images")
         loader = DataLoader(
-            TransformedImages(images, backbone.preprocessing.transform()),
+            TransformedImages(images, transform),
             batch_size=int(self.data.get("batch_size") or 256),
             num_workers=int(self.data.get("num_workers") or 0),
             pin_memory=self.device.type == "cuda",
         )
-        model = backbone.model.to(self.device).eval()
-        chunks = [
-            model(batch.to(self.device, non_blocking=True)).float().cpu()
-            for batch in tqdm(loader, desc=desc, disable=not self.progress, leave=False)
-        ]
-        model.cpu()
-        if not chunks:
-            raise ValueError(f"{desc}: no images to extract features from")
-        return torch.cat(chunks)
+        yield from tqdm(loader, desc=desc, disable=not self.progress, leave=False)
 
 
 def _train_heads(

@@ -93,7 +93,9 @@ class CoSupervisionPlugin(SupervisedPlugin):
             assignment = torch.zeros(len(truth), dtype=torch.long, device=device)
             logits = None
         else:
-            logits = predict(strategy.model, self.features.train_x)
+            logits = predict(
+                strategy.model, self.features.train_x, batch_size=strategy.eval_mb_size
+            )
             assignment = self._assign(logits, probs, owner, units)
         target_probs = (
             probs.mean(dim=1) if assignment is None else cs.gather_targets(probs, assignment)
