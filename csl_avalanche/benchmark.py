@@ -19,6 +19,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
     TaskAwareSupervisedClassificationDataset,
 )
 
+from csl_avalanche import cosupervision as cs
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.hierarchy import Hierarchy
 
@@ -99,14 +100,11 @@ def generalist_routed_labels(
     subdomains no teacher owns a class: the teacher most likely to give that class is chosen.
     """
     probs = features.teacher_train_probs
-    proxy = probs[0].argmax(dim=1)
-    if features.by_domain:
-        level_probs = probs[hierarchy.teacher_slice(level)]  # [K, N, C]
-        owner = level_probs[:, torch.arange(probs.shape[1]), proxy].argmax(dim=0)
-    else:
-        owner = hierarchy.class_to_teacher(level)[proxy]
-    teacher = hierarchy.teacher_slice(level).start + owner
-    return probs[teacher, torch.arange(probs.shape[1])].argmax(dim=1)
+    level_probs = probs[hierarchy.teacher_slice(level)].permute(1, 0, 2)  # [N, K, C]
+    rule = "likelihood" if features.by_domain else "class_partition"
+    owner = hierarchy.class_to_teacher(level)
+    assignment = cs.assign_teachers(probs[0], level_probs, rule, class_to_teacher=owner)
+    return cs.gather_targets(level_probs, assignment).argmax(dim=1)
 
 
 def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
