@@ -13,9 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.data.pipeline import Budget, SplitData, build_feature_set
+from csl_avalanche.data.pipeline import Budget, build_feature_set, split_tensors
 from csl_avalanche.data.registry import register_source
-from csl_avalanche.data.splits import stratified_split
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.models import mlp_backbone, pooled_linear_teacher
 
@@ -28,19 +27,6 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 
     digits = load_digits()
     return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
-
-
-def split_tensors(
-    x: torch.Tensor, y: torch.Tensor, fractions: dict[str, float], seed: int
-) -> SplitData:
-    """Stratified, seeded split into the four parts named by SplitData."""
-    parts = stratified_split(y, fractions, seed)
-    expected = {"pretrain", "teachers", "pool", "test"}
-    if set(parts) != expected:
-        raise KeyError(
-            f"benchmark.splits must name exactly {sorted(expected)}, got {sorted(parts)}"
-        )
-    return SplitData(**{name: (x[idx], y[idx]) for name, idx in parts.items()})
 
 
 @register_source("digits")

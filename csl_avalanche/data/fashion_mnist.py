@@ -22,10 +22,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.cache import TensorCache
-from csl_avalanche.data.digits import split_tensors
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.idx import IdxFormatError, read_idx
-from csl_avalanche.data.pipeline import Budget, build_feature_set
+from csl_avalanche.data.pipeline import Budget, build_feature_set, split_tensors
 from csl_avalanche.data.registry import register_source
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy

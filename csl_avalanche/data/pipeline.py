@@ -16,6 +16,7 @@ from torch import nn
 
 from csl_avalanche.cache import TensorCache, fingerprint
 from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.data.splits import stratified_split
 from csl_avalanche.fit import fit_classifier, predict
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.teachers import teacher_probabilities, train_teachers
@@ -40,6 +41,19 @@ class SplitData:
     teachers: tuple[torch.Tensor, torch.Tensor]  # weak-teacher training (ground truth)
     pool: tuple[torch.Tensor, torch.Tensor]  # transfer pool (labels: diagnostics only)
     test: tuple[torch.Tensor, torch.Tensor]
+
+
+def split_tensors(
+    x: torch.Tensor, y: torch.Tensor, fractions: dict[str, float], seed: int
+) -> SplitData:
+    """Stratified, seeded split into the four parts named by SplitData."""
+    parts = stratified_split(y, fractions, seed)
+    expected = {"pretrain", "teachers", "pool", "test"}
+    if set(parts) != expected:
+        raise KeyError(
+            f"benchmark.splits must name exactly {sorted(expected)}, got {sorted(parts)}"
+        )
+    return SplitData(**{name: (x[idx], y[idx]) for name, idx in parts.items()})
 
 
 def build_feature_set(
