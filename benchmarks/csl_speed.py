@@ -29,7 +29,7 @@ from csl_avalanche import cosupervision as cs  # noqa: E402
 from csl_avalanche.benchmark import make_csl_benchmark  # noqa: E402
 from csl_avalanche.data.features import FeatureSet, load_features, save_features  # noqa: E402
 from csl_avalanche.hierarchy import Hierarchy  # noqa: E402
-from strategies import CSLStrategy  # noqa: E402
+from csl_avalanche.strategies import CSLStrategy  # noqa: E402
 
 
 def synthetic_features(n: int, m: int, d: int, c: int, blocks: list[int], seed: int) -> FeatureSet:

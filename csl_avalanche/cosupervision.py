@@ -1,4 +1,4 @@
-"""The CSL math as pure tensor functions (DESIGN.md section 1).
+"""The CSL math as pure tensor functions (docs/design.md explains the method).
 
 Everything here takes tensors and returns tensors on the inputs' device, with no loop over
 samples, so the E-step and the noise reduction run batched on the GPU when there is one.

@@ -29,7 +29,7 @@ from csl_avalanche.model_registry import image_student
 from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
 from csl_avalanche.plugins.progress import EpochProgressPlugin
-from strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
+from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
 log = logging.getLogger(__name__)
 STRATEGIES = {"csl": CSLStrategy, "w2s": WeakToStrong}

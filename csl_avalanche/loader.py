@@ -1,9 +1,10 @@
 """A data loader over in-memory tensors, for datasets of cached features.
 
-Avalanche's per-sample dataset path costs about 2.4x a plain loop over tensors (DESIGN.md
-section 5). This loader reads the adapted Avalanche dataset once per experience into column
-tensors (on the training device) and then yields batches by index gathering, so the strategy,
-its plugins and its evaluators stay Avalanche's own while the epochs run at tensor speed.
+Avalanche's per-sample dataset path costs about 2.4x a plain loop over tensors (measured on
+50k x 512 features, batch 256, 2 CPU cores). This loader reads the adapted Avalanche dataset
+once per experience into column tensors (on the training device) and then yields batches by
+index gathering, so the strategy, its plugins and its evaluators stay Avalanche's own while the
+epochs run at tensor speed.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://csl_avalanche.configs", config_name="config")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -2,7 +2,7 @@
 
 Teacher k draws its training batches only from examples of its own classes, for the same
 number of steps as every other teacher, so a specialist sees more examples per class than the
-generalist; that is what makes specialists worth having (DESIGN.md section 4).
+generalist; that is what makes specialists worth having (docs/design.md, "Why specialists").
 """
 
 from __future__ import annotations

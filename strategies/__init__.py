@@ -1,7 +1,7 @@
 """Avalanche strategies for weak-to-strong learning: CSL and its baselines."""
 
-from strategies.baselines import GroundTruthCeiling, WeakToStrong
-from strategies.csl import CSLStrategy
-from strategies.student import StudentTemplate
+from csl_avalanche.strategies.baselines import GroundTruthCeiling, WeakToStrong
+from csl_avalanche.strategies.csl import CSLStrategy
+from csl_avalanche.strategies.student import StudentTemplate
 
 __all__ = ["CSLStrategy", "GroundTruthCeiling", "StudentTemplate", "WeakToStrong"]

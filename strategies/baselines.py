@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from strategies.csl import CSLStrategy
-from strategies.student import StudentTemplate
+from csl_avalanche.strategies.csl import CSLStrategy
+from csl_avalanche.strategies.student import StudentTemplate
 
 
 class WeakToStrong(CSLStrategy):

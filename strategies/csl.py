@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.plugins.cosupervision import CoSupervisionPlugin, LevelStatistics
-from strategies.student import StudentTemplate
+from csl_avalanche.strategies.student import StudentTemplate
 
 
 class CSLStrategy(StudentTemplate):

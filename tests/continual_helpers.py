@@ -10,7 +10,7 @@ from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.metrics import SubdomainForgettingMetric
 from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
-from strategies import CSLStrategy
+from csl_avalanche.strategies import CSLStrategy
 
 SMALL_PLUGINS = {
     "replay": {"mem_size": 40, "batch_size_mem": 8},

@@ -23,7 +23,7 @@ from csl_avalanche.avalanche_adapter import (
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.pipeline import Budget
 from csl_avalanche.models import linear_probe
-from strategies import CSLStrategy
+from csl_avalanche.strategies import CSLStrategy
 
 CLASS_ORDER = [3, 0, 5, 1, 2, 4]  # experiences {0, 3}, {1, 5}, {2, 4}
 DIM = 6

@@ -15,7 +15,7 @@ from csl_avalanche.benchmark import make_csl_benchmark
 from csl_avalanche.data.features import FeaturesFileError, load_features, save_features
 from csl_avalanche.model_registry import create_model, image_student
 from csl_avalanche.models import ImageStudent, random_resized_crop_and_flip
-from strategies import CSLStrategy
+from csl_avalanche.strategies import CSLStrategy
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 

@@ -23,7 +23,7 @@ from csl_avalanche.benchmark import make_csl_benchmark
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
-from strategies import GroundTruthCeiling
+from csl_avalanche.strategies import GroundTruthCeiling
 
 
 def ground_truth_apart_from_teachers() -> FeatureSet:

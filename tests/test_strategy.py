@@ -9,7 +9,7 @@ from csl_avalanche import cosupervision as cs
 from csl_avalanche.benchmark import make_csl_benchmark
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.loader import InMemoryBatchLoader
-from strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
+from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
 
 class RecordLevel(SupervisedPlugin):
