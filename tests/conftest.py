@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,46 @@ def run_cli(run_dir: Path, *overrides: str, cache_dir: Path | None = None) -> di
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     return json.loads((run_dir / "results.json").read_text())
+
+
+@dataclass
+class CliOutcome:
+    """What `python -m csl_avalanche.run` did: exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+
+def cli(run_dir: Path, *overrides: str, cache_dir: Path | None = None) -> CliOutcome:
+    """Run the command line's `main` in this process (as `python -m csl_avalanche.run` would,
+    without the seconds of a new interpreter): for the many bad-input cases."""
+    from csl_avalanche.run import main
+
+    cache = cache_dir or run_dir.parent / "cache"
+    argv = [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", "progress=false", *overrides]
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    sys.argv = ["csl_avalanche.run", *argv]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return CliOutcome(code, out.getvalue(), err.getvalue())
+
+
+def assert_clean_error(outcome: CliOutcome, *phrases: str) -> str:
+    """The run stopped with exit code 2 and one `error: ...` line (no traceback) that contains
+    every phrase; returns the message."""
+    lines = [line for line in outcome.err.splitlines() if line.strip()]
+    assert "Traceback" not in outcome.err, outcome.err
+    assert outcome.code == 2, f"exit code {outcome.code}:\n{outcome.err}"
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, outcome.err
+    for phrase in phrases:
+        assert phrase in errors[0], f"{phrase!r} not in {errors[0]!r}"
+    return errors[0]
