@@ -10,7 +10,7 @@ import pytest
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from test_domain_subdomains import domain_feature_set
 from test_strategy import make_csl
 
@@ -80,6 +80,32 @@ def test_two_strategies_on_one_benchmark_leave_its_stream_alone_and_match_fresh_
     assert hard == train_every_level(tiny_features, fresh, labels="hard", denoise="top1")[0]
     fresh = make_csl_benchmark(tiny_features)
     assert soft == train_every_level(tiny_features, fresh, labels="soft", denoise="top1")[0]
+
+
+class LevelDatasets(SupervisedPlugin):
+    """After each level: the length of the experience dataset that EWC and LwF read then."""
+
+    def __init__(self):
+        super().__init__()
+        self.lengths: list[int] = []
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.lengths.append(len(strategy.experience.dataset))
+
+
+def test_replay_and_the_after_level_plugins_see_the_kept_data_of_the_copy(tiny_features):
+    n = len(tiny_features.train_y)
+    read = LevelDatasets()
+    replay = ReplayPlugin(mem_size=2 * n)  # room for every sample of both levels
+    strategy = make_csl(tiny_features, plugins=[replay, read], denoise="top1")
+    benchmark = make_csl_benchmark(tiny_features)
+    for experience in benchmark.train_stream:
+        strategy.train(experience, eval_streams=[])
+    kept = [round(s.keep_rate * n) for s in strategy.level_statistics]
+    assert kept[0] == n and kept[1] < n
+    assert read.lengths == kept
+    assert len(replay.storage_policy.buffer) == sum(kept)
+    assert [len(e.dataset) for e in benchmark.train_stream] == [n, n]
 
 
 def without_diagnostics(level: dict) -> dict:
