@@ -45,7 +45,8 @@ class LevelExperience(DatasetExperience):
 
     Before the level's E-step its dataset holds the pool with the teacher labels routed by the
     generalist's prediction; the co-supervision plugin replaces it with the kept, relabelled
-    samples (on the strategy's private copy, so the stream itself stays untouched).
+    samples on the copy CSLStrategy trains on (`experience.logging()`), so the stream itself
+    stays untouched: the setter is for that copy.
     """
 
     def __init__(self, *, dataset, level: int, num_teachers: int):

@@ -26,11 +26,17 @@ def assign_teachers(
     """E-step: the index (0..K-1) of the teacher that supervises each sample, LongTensor [N].
 
     student_logits [N, C]; teacher_probs [N, K, C]; class_to_teacher [C] (teacher of each class,
-    -1 for a class no teacher covers); targets [N] (ground truth, `oracle` only).
+    -1 for a class no teacher covers); targets [N] (ground truth, `oracle` only: the other
+    rules refuse it, so that no label a student trains on can depend on it).
     `class_partition` routes a sample whose predicted class no teacher covers by `likelihood`.
     Ties go to the lower teacher index.
     """
     _check_shapes(student_logits, teacher_probs)
+    if targets is not None and rule in ASSIGNMENT_RULES and rule != "oracle":
+        raise ValueError(
+            f"assignment rule {rule!r} must not see the ground truth: only 'oracle' reads "
+            "`targets`; pass targets=None"
+        )
     if rule == "class_partition":
         owner = _require(class_to_teacher, "class_to_teacher", rule).to(student_logits.device)
         proxy = student_logits.argmax(dim=1)

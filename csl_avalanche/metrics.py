@@ -62,28 +62,41 @@ class PGRMetric(PluginMetric[float]):
 class SubdomainForgettingMetric(PluginMetric[dict]):
     """Per-subdomain forgetting of the student across levels.
 
-    Each full evaluation of the test stream (one experience per finest subdomain, named by
-    `subdomain_names`) adds a row of per-subdomain accuracies to `accuracy_matrix`, one row per
-    trained level (an evaluation at the same level replaces that level's row). From the second
-    level on it emits, per subdomain, the best accuracy after any earlier level minus the
-    accuracy now, and their mean; `result()` holds the latest per-subdomain values.
+    `accuracy_matrix` holds one row of per-subdomain accuracies (the test stream: one experience
+    per finest subdomain, named by `subdomain_names`) per trained level, keyed by that level:
+    the experience's `level`, or for other experiences the number trained before it. A full
+    evaluation of the test stream while a level trains, or after it, sets that level's row, so
+    the last one before the next level counts: Avalanche's periodic evaluation ends each level
+    with one, as does `strategy.eval` after `train`. An evaluation in the middle of a level
+    thus never touches an earlier level's row, and one before any training adds no row. From
+    the second level on it emits, per subdomain, the best accuracy after any earlier level
+    minus the accuracy now, and their mean; `result()` holds the latest per-subdomain values.
     """
 
     def __init__(self, subdomain_names: list[str], stream: str = "test"):
         super().__init__()
         self.subdomain_names = list(subdomain_names)
         self.stream = stream
-        self.accuracy_matrix: list[list[float]] = []
-        self._levels: list[int] = []  # train_exp_counter of each row
+        self._rows: dict[int, list[float]] = {}  # trained level -> accuracies after it
+        self._level: int | None = None  # the level in training, or the last one trained
         self._accuracy: dict[int, Accuracy] = {}
+
+    @property
+    def accuracy_matrix(self) -> list[list[float]]:
+        """[level][subdomain]: the accuracies after each trained level, in level order."""
+        return [self._rows[level] for level in sorted(self._rows)]
 
     def reset(self) -> None:
         self._accuracy = {}
 
     def result(self) -> dict[str, float]:
-        if len(self.accuracy_matrix) < 2:
+        if len(self._rows) < 2:
             return {}
         return dict(zip(self.subdomain_names, forgetting(self.accuracy_matrix), strict=True))
+
+    def before_training_exp(self, strategy) -> None:
+        experience = strategy.experience
+        self._level = getattr(experience, "level", strategy.clock.train_exp_counter)
 
     def before_eval(self, strategy) -> None:
         self.reset()
@@ -94,25 +107,22 @@ class SubdomainForgettingMetric(PluginMetric[dict]):
             self._accuracy.setdefault(index, Accuracy()).update(strategy.mb_output, strategy.mb_y)
 
     def after_eval(self, strategy) -> list[MetricValue]:
-        if sorted(self._accuracy) != list(range(len(self.subdomain_names))):
-            return []  # not a full pass over the test stream: no row to add
-        row = [float(self._accuracy[i].result()) for i in range(len(self.subdomain_names))]
-        level = strategy.clock.train_exp_counter
-        if self._levels and self._levels[-1] == level:
-            self.accuracy_matrix[-1] = row
-        else:
-            self.accuracy_matrix.append(row)
-            self._levels.append(level)
+        if self._level is None or sorted(self._accuracy) != list(range(len(self.subdomain_names))):
+            return []  # before any training, or not a full pass over the test stream
+        self._rows[self._level] = [
+            float(self._accuracy[i].result()) for i in range(len(self.subdomain_names))
+        ]
         values = self.result()
         if not values:
             return []
+        step = strategy.clock.train_exp_counter
         prefix = f"Forgetting_Subdomain/eval_phase/{self.stream}_stream"
         metrics = [
-            MetricValue(self, f"{prefix}/{name}", value, level) for name, value in values.items()
+            MetricValue(self, f"{prefix}/{name}", value, step) for name, value in values.items()
         ]
         mean = float(statistics.fmean(values.values()))
         metrics.append(
-            MetricValue(self, f"MeanForgetting/eval_phase/{self.stream}_stream", mean, level)
+            MetricValue(self, f"MeanForgetting/eval_phase/{self.stream}_stream", mean, step)
         )
         return metrics
 

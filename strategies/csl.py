@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from avalanche.benchmarks.scenarios.generic_scenario import CLExperience
+
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.plugins.cosupervision import CoSupervisionPlugin, LevelStatistics
 from csl_avalanche.strategies.student import StudentTemplate
@@ -47,11 +49,16 @@ class CSLStrategy(StudentTemplate):
         return list(stream)[: self.max_levels]
 
     def train(self, experiences, eval_streams=None, **kwargs):
-        batch = experiences if isinstance(experiences, list | tuple) else [experiences]
+        """Trains on copies of the experiences (Avalanche's `experience.logging()`, which keeps
+        every attribute readable for loggers): the plugin replaces the copy's dataset with the
+        kept, relabelled pool, so the benchmark's stream keeps its original datasets and can
+        train other strategies, and each level's filtered dataset is freed with the copy."""
+        batch = [experiences] if isinstance(experiences, CLExperience) else list(experiences)
         for experience in batch:
             if self.max_levels is not None and experience.level >= self.max_levels:
                 raise ValueError(
                     f"{type(self).__name__} trains on the first {self.max_levels} level(s) only, "
                     f"got level {experience.level}"
                 )
-        return super().train(experiences, eval_streams, **kwargs)
+        copies = [experience.logging() for experience in batch]
+        return super().train(copies, eval_streams, **kwargs)

@@ -65,8 +65,35 @@ class StudentTemplate(SupervisedTemplate):
 
     def criterion(self) -> torch.Tensor:
         if self.is_training and self.labels == "soft":
-            return F.cross_entropy(self.mb_output, self.mbatch[2])
+            return F.cross_entropy(self.mb_output, self._soft_targets())
         return self._criterion(self.mb_output, self.mb_y)
+
+    def _soft_targets(self) -> torch.Tensor:
+        """Minibatch column 2, checked to be a floating [B, C] matrix like the output (on a
+        dataset of [x, y, task] it is the task label, which cross_entropy would take for class
+        indices) and, on each level's first batch, to hold probabilities (checking values
+        waits for the device, so not at every step)."""
+        batch, classes = self.mb_output.shape
+        column = self.mbatch[2] if len(self.mbatch) > 2 else None
+        if column is None or not column.is_floating_point() or column.shape != (batch, classes):
+            got = "missing" if column is None else f"{column.dtype} of shape {list(column.shape)}"
+            raise ValueError(
+                "labels='soft' needs datasets of [x, y, soft_target, task], soft_target a "
+                f"probability vector over the {classes} classes (column 2 a floating "
+                f"[{batch}, {classes}] batch); got a {len(self.mbatch)}-column batch whose "
+                f"column 2 is {got}: build the datasets with soft targets "
+                "(csl_avalanche.benchmark.labelled_dataset) or train with labels='hard'"
+            )
+        if self.clock.train_exp_iterations == 0:
+            sums = column.sum(dim=1)
+            if (column < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+                raise ValueError(
+                    "labels='soft': column 2 of the batch is not a probability vector per sample "
+                    f"(smallest entry {column.min().item():.4g}, row sums "
+                    f"{sums.min().item():.4g}..{sums.max().item():.4g}); soft targets must be "
+                    "non-negative and sum to 1"
+                )
+        return column
 
     def check_model_and_optimizer(self, **kwargs) -> None:
         if self.reinit_student and self.clock.train_exp_counter > 0:

@@ -69,6 +69,14 @@ def test_rules_check_their_inputs():
         cs.assign_teachers(torch.zeros(2, 5), TEACHERS, "kl")
 
 
+@pytest.mark.parametrize("rule", ["class_partition", "likelihood", "kl"])
+def test_only_the_oracle_may_read_the_ground_truth(rule):
+    with pytest.raises(ValueError, match=f"rule '{rule}' must not see the ground truth"):
+        cs.assign_teachers(
+            torch.zeros(2, 4), TEACHERS, rule, class_to_teacher=OWNER, targets=torch.tensor([3, 1])
+        )
+
+
 def test_gather_and_hard_versus_soft_targets():
     t = cs.gather_targets(TEACHERS, torch.tensor([1, 0]))
     assert torch.equal(t, probs([0.1, 0.1, 0.7, 0.1], [0.1, 0.6, 0.2, 0.1]))

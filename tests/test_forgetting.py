@@ -4,10 +4,20 @@ metric that feeds it from evaluations of the test stream."""
 from __future__ import annotations
 
 import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+from conftest import make_feature_set
 from continual_helpers import run_csl
 
 from csl_avalanche.benchmark import make_csl_benchmark
+from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.forgetting import forgetting
+from csl_avalanche.metrics import SubdomainForgettingMetric
+from csl_avalanche.models import linear_probe
+from csl_avalanche.strategies import CSLStrategy
+
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 # Accuracy on three subdomains after levels 0, 1, 2.
 MATRIX = [
@@ -50,3 +60,60 @@ def test_metric_rows_are_avalanche_subdomain_accuracies(tiny_features):
     # Evaluating again without training replaces the level's row instead of adding one.
     strategy.eval(make_csl_benchmark(tiny_features).test_stream)
     assert len(metric.accuracy_matrix) == 2
+
+
+def accuracies_by_hand(model: torch.nn.Module, features: FeatureSet) -> list[float]:
+    """The model's accuracy on each finest subdomain (classes {0, 1} and {2, 3})."""
+    with torch.no_grad():
+        correct = model(features.test_x).argmax(dim=1) == features.test_y
+    return [correct[features.test_y // 2 == half].float().mean().item() for half in (0, 1)]
+
+
+class EvaluatedModels(SupervisedPlugin):
+    """The by-hand accuracies of the model at every evaluation, mid-level ones included."""
+
+    def __init__(self, features: FeatureSet):
+        super().__init__()
+        self.features = features
+        self.seen: list[list[float]] = []
+
+    def after_eval(self, strategy, **kwargs):
+        self.seen.append(accuracies_by_hand(strategy.model, self.features))
+
+
+@pytest.mark.parametrize("eval_after_each_level", [False, True])
+def test_periodic_evaluation_inside_a_level_keeps_one_row_per_level(eval_after_each_level):
+    """eval_every=1 evaluates the test stream before each `train` and after every epoch; the
+    matrix still holds one row per level, the accuracies after that level."""
+    tiny_features = make_feature_set(noise=2.0)  # overlapping clusters: accuracies below 1
+    benchmark = make_csl_benchmark(tiny_features)
+    metric = SubdomainForgettingMetric(benchmark.subdomain_names())
+    evaluated = EvaluatedModels(tiny_features)
+    torch.manual_seed(0)
+    strategy = CSLStrategy(
+        model=linear_probe(tiny_features.train_x.shape[1], tiny_features.num_classes),
+        features=tiny_features,
+        reinit_student=True,
+        lr=0.01,
+        epochs=3,
+        batch_size=16,
+        device="cpu",
+        eval_every=1,
+        evaluator=EvaluationPlugin(metric, loggers=[]),
+        plugins=[evaluated],
+    )
+    after_level = []
+    for experience in benchmark.train_stream:
+        strategy.train(experience, eval_streams=[benchmark.test_stream])
+        after_level.append(accuracies_by_hand(strategy.model, tiny_features))
+        if eval_after_each_level:
+            strategy.eval(benchmark.test_stream)
+
+    # Evaluations ran in the middle of each level, on models unlike the level's final one.
+    assert len(evaluated.seen) >= 2 * 4
+    assert any(seen not in after_level for seen in evaluated.seen)
+    assert len(metric.accuracy_matrix) == 2
+    torch.testing.assert_close(torch.tensor(metric.accuracy_matrix), torch.tensor(after_level))
+    assert after_level[0] != after_level[1]
+    names = benchmark.subdomain_names()
+    assert metric.result() == pytest.approx(dict(zip(names, forgetting(after_level), strict=True)))

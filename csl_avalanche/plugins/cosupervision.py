@@ -4,7 +4,11 @@ Glue only: the math is in `csl_avalanche.cosupervision`. Before the level's data
 the plugin runs the previous student over the whole pool (batched, on the strategy's device),
 assigns teachers, builds hard or soft targets, selects the kept samples, and replaces the
 experience's dataset with the kept, relabelled pool, so everything downstream (the loader,
-replay buffers, EWC's Fisher pass) sees teacher labels only.
+replay buffers, EWC's Fisher pass) sees teacher labels only. The experience is the strategy's
+copy (CSLStrategy trains on `experience.logging()` copies), never the benchmark's stream.
+
+Ground truth: only the `oracle` rule is given the pool's true classes (or domains); the level's
+diagnostics (LevelStatistics) read them separately, after the labels are fixed.
 """
 
 from __future__ import annotations
@@ -83,20 +87,18 @@ class CoSupervisionPlugin(SupervisedPlugin):
         level = experience.level
         start = time.perf_counter()
         device = strategy.device
-        truth = self.features.train_y.to(device)
-        units = self.features.units("train").to(device)  # class, or domain, of each sample
         probs = self.features.teacher_train_probs[self.hierarchy.teacher_slice(level)]
         probs = probs.to(device).permute(1, 0, 2)  # [N, K, C]
         owner = self.hierarchy.class_to_teacher(level).to(device)  # unit -> teacher
 
         if level == 0:
-            assignment = torch.zeros(len(truth), dtype=torch.long, device=device)
+            assignment = torch.zeros(probs.shape[0], dtype=torch.long, device=device)
             logits = None
         else:
             logits = predict(
                 strategy.model, self.features.train_x, batch_size=strategy.eval_mb_size
             )
-            assignment = self._assign(logits, probs, owner, units)
+            assignment = self._assign(logits, probs, owner, self._oracle_units(device))
         target_probs = (
             probs.mean(dim=1) if assignment is None else cs.gather_targets(probs, assignment)
         )
@@ -118,12 +120,39 @@ class CoSupervisionPlugin(SupervisedPlugin):
             hard[kept].cpu(),
             None if targets is None else targets[kept].cpu(),
         )
+        stats = self._statistics(
+            level, probs.shape[1], hard, keep, assignment, owner, epochs, start
+        )
+        self.stats.append(stats)
+        experience.level_statistics = stats
 
+    def _oracle_units(self, device: torch.device) -> torch.Tensor | None:
+        """The pool's true units (classes, or domains) for the `oracle` rule; None for every
+        other rule, so that no student-facing label can depend on ground truth."""
+        if self.assignment != "oracle":
+            return None
+        return self.features.units("train").to(device)
+
+    def _statistics(
+        self,
+        level: int,
+        num_teachers: int,
+        hard: torch.Tensor,
+        keep: torch.Tensor,
+        assignment: torch.Tensor | None,
+        owner: torch.Tensor,
+        epochs: int,
+        start: float,
+    ) -> LevelStatistics:
+        """The level's diagnostics: besides the oracle rule, the only reader of the pool's
+        ground truth; they describe the labels once fixed and never change them."""
+        truth = self.features.train_y.to(hard.device)
+        units = self.features.units("train").to(hard.device)
         correct = hard == truth
-        stats = LevelStatistics(
+        return LevelStatistics(
             level=level,
-            num_teachers=probs.shape[1],
-            keep_rate=keep_rate,
+            num_teachers=num_teachers,
+            keep_rate=keep.float().mean().item(),
             label_precision=correct[keep].float().mean().item(),
             label_recall=(correct & keep).sum().item() / max(1, correct.sum().item()),
             assignment_accuracy=(
@@ -133,12 +162,10 @@ class CoSupervisionPlugin(SupervisedPlugin):
             epochs=epochs,
             estep_seconds=time.perf_counter() - start,
         )
-        self.stats.append(stats)
-        experience.level_statistics = stats
 
-    def _assign(self, logits, probs, owner, units) -> torch.Tensor | None:
-        """`owner` maps each unit (class, or domain) to its teacher; `units` [N] is each
-        sample's unit, so the oracle is the teacher of the true class (or domain)."""
+    def _assign(self, logits, probs, owner, oracle_units) -> torch.Tensor | None:
+        """`owner` maps each unit (class, or domain) to its teacher; `oracle_units` [N] is each
+        sample's true unit, given for the `oracle` rule only (None otherwise)."""
         if self.assignment == "ensemble":
             return None
         if self.assignment == "class_partition" and self.features.by_domain:
@@ -148,7 +175,7 @@ class CoSupervisionPlugin(SupervisedPlugin):
                 "use strategy.assignment=likelihood or kl"
             )
         return cs.assign_teachers(
-            logits, probs, self.assignment, class_to_teacher=owner, targets=units
+            logits, probs, self.assignment, class_to_teacher=owner, targets=oracle_units
         )
 
     def _check_enough(self, keep: torch.Tensor, batch_size: int, level: int) -> None:
