@@ -89,6 +89,14 @@ class SubdomainForgettingMetric(PluginMetric[dict]):
     def reset(self) -> None:
         self._accuracy = {}
 
+    def state_dict(self) -> dict:
+        """The rows so far and the level in training: what a resumed run must carry on."""
+        return {"rows": dict(self._rows), "level": self._level}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rows = dict(state["rows"])
+        self._level = state["level"]
+
     def result(self) -> dict[str, float]:
         if len(self._rows) < 2:
             return {}

@@ -82,6 +82,13 @@ class CoSupervisionPlugin(SupervisedPlugin):
         self.scale_epochs = scale_epochs
         self.stats: list[LevelStatistics] = []
 
+    def state_dict(self) -> dict:
+        """The statistics of the levels done so far: what a resumed run must carry on."""
+        return {"stats": [stats.as_dict() for stats in self.stats]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats = [LevelStatistics(**stats) for stats in state["stats"]]
+
     def before_train_dataset_adaptation(self, strategy, **kwargs) -> None:
         experience = strategy.experience
         level = experience.level
