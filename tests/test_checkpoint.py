@@ -70,6 +70,7 @@ def test_a_restored_strategy_trains_the_next_level_identically(tiny_features, tm
 
     for name, value in original.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
     def without_timing(stats):
         return [{k: v for k, v in s.as_dict().items() if k != "estep_seconds"} for s in stats]
 
