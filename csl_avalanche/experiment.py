@@ -37,7 +37,12 @@ from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
 from csl_avalanche.plugins.divergence import DivergencePlugin
 from csl_avalanche.plugins.progress import EpochProgressPlugin
-from csl_avalanche.settings import RESULTS, check_output_dir, check_settings
+from csl_avalanche.settings import (
+    RESULTS,
+    check_against_data,
+    check_output_dir,
+    check_settings,
+)
 from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
 log = logging.getLogger(__name__)
@@ -65,8 +70,8 @@ def seed_everything(seed: int) -> None:
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the experiment `cfg` describes; write TensorBoard logs and results.json to run_dir.
 
-    Every setting and the run folder are checked first (`csl_avalanche.settings`), the pool's
-    size as soon as the features are built, so a user error stops the run before training.
+    Every setting and the run folder are checked first (`csl_avalanche.settings`), those that
+    depend on the data as soon as the features are built: a user error stops it before training.
     """
     check_settings(cfg)
     check_output_dir(run_dir)
@@ -76,7 +81,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
 
     features = build_features(cfg, TensorCache(cfg.cache_dir), seed)
-    check_pool_size(len(features.train_y), cfg.strategy.batch_size)
+    check_against_data(
+        cfg, pool_size=len(features.train_y), num_levels=features.hierarchy.num_levels
+    )
     benchmark = make_csl_benchmark(features)
     weak = teacher_test_accuracy(benchmark, teacher=0)
     ceiling, ceiling_steps = _run_ceiling(cfg, benchmark, device, run_dir)
@@ -131,21 +138,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     }
     write_json_atomically(run_dir / RESULTS, results)
     return results
-
-
-def check_pool_size(pool_size: int, batch_size: int) -> None:
-    """Every level trains on at least one full batch of the pool (the denoised part of it)."""
-    if pool_size == 0:
-        raise ConfigError(
-            "the transfer pool is empty: there is nothing to train the student on; check the "
-            "benchmark's data (benchmark.splits, data.path)"
-        )
-    if pool_size < batch_size:
-        raise ConfigError(
-            f"strategy.batch_size={batch_size} is larger than the transfer pool ({pool_size} "
-            f"samples), so not one training batch fits; use strategy.batch_size={pool_size} or "
-            "less"
-        )
 
 
 def missing_classes(features: FeatureSet) -> list[int]:

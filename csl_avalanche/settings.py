@@ -101,6 +101,7 @@ def _are_fractions(value: Any) -> bool:
 
 
 BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
+PATH = Rule("a folder path", lambda v: isinstance(v, str) and v.strip() != "")
 POSITIVE = number("> 0", lambda v: v > 0)
 NON_NEGATIVE = number(">= 0", lambda v: v >= 0)
 FRACTION = number("in (0, 1]", lambda v: 0 < v <= 1)
@@ -117,6 +118,7 @@ SETTINGS: dict[str, Rule] = {
     "seed": whole(0, 2**32 - 1),
     "device": choice("auto", "cpu", "cuda"),
     "progress": BOOLEAN,
+    "cache_dir": PATH,
     "strategy.name": choice(*STRATEGY_NAMES),
     "strategy.assignment": choice(*ASSIGNMENTS),
     "strategy.labels": choice(*cs.LABEL_KINDS),
@@ -197,6 +199,30 @@ def check_plugin_settings(plugins: Mapping[str, Mapping[str, Any]] | None) -> No
                 "plugins.ewc.decay_factor must be a number in [0, 1] with plugins.ewc.mode=online "
                 f"and null with mode=separate, got mode={mode} and decay_factor={decay}"
             )
+
+
+def check_against_data(cfg: DictConfig, *, pool_size: int, num_levels: int) -> None:
+    """The settings that depend on the data, checked once the features are built and before
+    any training: one training batch fits in the pool (every level trains on at least one),
+    and a per-level list of LwF weights has one for every level."""
+    batch_size = cfg.strategy.batch_size
+    if pool_size == 0:
+        raise ConfigError(
+            "the transfer pool is empty: there is nothing to train the student on; check the "
+            "benchmark's data (benchmark.splits, data.path)"
+        )
+    if pool_size < batch_size:
+        raise ConfigError(
+            f"strategy.batch_size={batch_size} is larger than the transfer pool ({pool_size} "
+            f"samples), so not one training batch fits; use strategy.batch_size={pool_size} or "
+            "less"
+        )
+    alpha = OmegaConf.select(cfg, "plugins.lwf.alpha")
+    if isinstance(alpha, ListConfig) and len(alpha) < num_levels:
+        raise ConfigError(
+            f"plugins.lwf.alpha lists {len(alpha)} weights, but the hierarchy has {num_levels} "
+            f"levels; give one per level, or a single number"
+        )
 
 
 def check_output_dir(run_dir: Path, key: str = "hydra.run.dir") -> None:

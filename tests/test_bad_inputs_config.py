@@ -46,6 +46,7 @@ BAD_SETTINGS = [
     (["seed=abc"], ["seed", "whole number", "got 'abc'"]),
     (["device=gpu"], ["device must be one of auto, cpu, cuda", "got 'gpu'"]),
     (["progress=yes"], ["progress must be true or false", "got 'yes'"]),
+    (["cache_dir=null"], ["cache_dir must be a folder path", "got None"]),
     (["strategy.name=fancy"], ["strategy.name must be one of csl, w2s", "got 'fancy'"]),
     (["strategy.assignment=random"], ["strategy.assignment", "likelihood", "got 'random'"]),
     (["strategy.labels=fuzzy"], ["strategy.labels must be one of hard, soft", "got 'fuzzy'"]),
@@ -170,6 +171,13 @@ def test_pool_smaller_than_one_batch_is_refused_before_training(tmp_path, featur
     outcome = cli(tmp_path / "run", *run, "strategy.batch_size=100")
     assert_clean_error(outcome, "strategy.batch_size=100", "(40 samples)", "strategy.batch_size=40")
     assert not (tmp_path / "run" / "tb").exists()  # no model was trained
+
+
+def test_lwf_weights_for_fewer_levels_than_the_hierarchy_are_refused(tmp_path, features_file):
+    run = features_file(make_feature_set())  # 2 levels
+    outcome = cli(tmp_path / "run", *run, "plugins=[lwf]", "plugins.lwf.alpha=[1.0]")
+    assert_clean_error(outcome, "plugins.lwf.alpha lists 1 weights", "2 levels", "one per level")
+    assert not (tmp_path / "run" / "tb").exists()
 
 
 def test_a_diverging_student_stops_the_run_naming_the_level(tmp_path, features_file):
