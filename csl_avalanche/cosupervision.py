@@ -7,6 +7,8 @@ Shapes: N samples, K teachers of one level, C classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -131,14 +133,45 @@ def scaled_epochs(epochs: int, keep_rate: float) -> int:
 
 
 def pgr(student_acc: float, weak_acc: float, ceiling_acc: float) -> float:
-    """Performance gap recovered: (student - weak) / (ceiling - weak)."""
-    gap = ceiling_acc - weak_acc
-    if abs(gap) < 1e-12:
+    """Performance gap recovered: (student - weak) / (ceiling - weak), for ceiling > weak."""
+    if ceiling_acc <= weak_acc:
+        relation = "equals" if ceiling_acc == weak_acc else f"({ceiling_acc:.4f}) is below"
         raise ValueError(
-            f"PGR is undefined: the ceiling accuracy equals the weak accuracy ({weak_acc:.4f}); "
-            "the teachers are as good as the strong student, so there is no gap to recover"
+            f"PGR is undefined: the ceiling accuracy {relation} the weak accuracy "
+            f"({weak_acc:.4f}): there is no gap to recover"
         )
-    return (student_acc - weak_acc) / gap
+    return (student_acc - weak_acc) / (ceiling_acc - weak_acc)
+
+
+def pgr_note(
+    weak_acc: float,
+    ceiling_acc: float,
+    *,
+    missing_classes: Sequence[int] = (),
+    ceiling_steps: int = 1,
+    student_steps: int = 1,
+) -> str | None:
+    """Why PGR would not mean what it says, or None when it does.
+
+    PGR compares the student with a ceiling trained on the pool's ground truth, so it needs a
+    trained ceiling that can learn every class (`missing_classes`: classes without pool
+    samples), a trained student, and a gap to recover (ceiling above weak).
+    """
+    if ceiling_steps == 0:
+        return "the ground-truth ceiling ran no training step"
+    if student_steps == 0:
+        return "the student ran no training step at this level"
+    if missing_classes:
+        return (
+            f"the transfer pool has no samples of class(es) {list(missing_classes)}, so the "
+            "ceiling, trained on the pool's ground truth, cannot learn them and is no ceiling"
+        )
+    if ceiling_acc <= weak_acc:
+        return (
+            f"the ceiling accuracy ({ceiling_acc:.4f}) is not above the weak accuracy "
+            f"({weak_acc:.4f}): there is no gap to recover"
+        )
+    return None
 
 
 def _most_likely_teacher(teacher_probs: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,15 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 
 class ConfigError(ValueError):
     """A problem the user fixes in the config or on disk; its message is the whole report."""
+
+
+def refuse(err: ConfigError) -> NoReturn:
+    """End the command with the error's one-line message and exit code 2 (no traceback)."""
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None

@@ -1,11 +1,17 @@
 """One weak-to-strong experiment: weak accuracy, ground-truth ceiling, then the configured
 strategy (with the configured anti-forgetting plugins) level by level, evaluated on the test
-stream after every level."""
+stream after every level.
+
+A level's `pgr` is null where it would not mean what it says (`cosupervision.pgr_note`: the
+ceiling is not above the weak accuracy, a class has no pool samples, or no training step ran);
+that level then also holds `pgr_note`, the reason.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import statistics
 import time
@@ -21,14 +27,22 @@ from omegaconf import DictConfig, OmegaConf
 import csl_avalanche.data  # noqa: F401 - registers the benchmark sources
 from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.cache import TensorCache
-from csl_avalanche.cosupervision import pgr
+from csl_avalanche.cosupervision import pgr, pgr_note
+from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.registry import build_features
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric, SubdomainForgettingMetric
 from csl_avalanche.model_registry import image_student
 from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
+from csl_avalanche.plugins.divergence import DivergencePlugin
 from csl_avalanche.plugins.progress import EpochProgressPlugin
+from csl_avalanche.settings import (
+    RESULTS,
+    check_against_data,
+    check_output_dir,
+    check_settings,
+)
 from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
 log = logging.getLogger(__name__)
@@ -37,14 +51,13 @@ STREAM_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`, `cpu` or `cuda` (check_settings has checked the name) as a torch device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device=cuda was asked for, but torch sees no CUDA device; use device=auto"
         )
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
 
 
@@ -55,37 +68,49 @@ def seed_everything(seed: int) -> None:
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run the experiment `cfg` describes; write TensorBoard logs and results.json to run_dir."""
+    """Run the experiment `cfg` describes; write TensorBoard logs and results.json to run_dir.
+
+    Every setting and the run folder are checked first (`csl_avalanche.settings`), those that
+    depend on the data as soon as the features are built: a user error stops it before training.
+    """
+    check_settings(cfg)
+    check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.seed)
     seed_everything(seed)
     device = resolve_device(cfg.device)
-    if cfg.strategy.name not in STRATEGIES:
-        raise ConfigError(
-            f"unknown strategy.name {cfg.strategy.name!r}; choose one of {list(STRATEGIES)}"
-        )
 
     features = build_features(cfg, TensorCache(cfg.cache_dir), seed)
+    check_against_data(
+        cfg, pool_size=len(features.train_y), num_levels=features.hierarchy.num_levels
+    )
     benchmark = make_csl_benchmark(features)
     weak = teacher_test_accuracy(benchmark, teacher=0)
-    ceiling = _run_ceiling(cfg, benchmark, device, run_dir)
+    ceiling, ceiling_steps = _run_ceiling(cfg, benchmark, device, run_dir)
+    missing = missing_classes(features)
 
     seed_everything(seed)
     forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
-    strategy = _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling, forgetting)
+    pgr_metric = PGRMetric(weak, ceiling, missing_classes=missing, ceiling_steps=ceiling_steps)
+    strategy = _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting)
     levels, train_seconds = [], []
     for experience in strategy.levels(benchmark.train_stream):
         start = time.perf_counter()
         strategy.train(experience, eval_streams=[])
         stats = strategy.level_statistics[-1]
         train_seconds.append(time.perf_counter() - start - stats.estep_seconds)
+        steps = strategy.clock.train_exp_iterations
         metrics = strategy.eval(benchmark.test_stream)
         accuracy = metrics[STREAM_ACCURACY]
+        note = pgr_note(
+            weak, ceiling, missing_classes=missing, ceiling_steps=ceiling_steps, student_steps=steps
+        )
         level = {
             "level": experience.level,
             "num_teachers": experience.num_teachers,
             "student_accuracy": accuracy,
-            "pgr": pgr(accuracy, weak, ceiling),
+            "pgr": None if note else pgr(accuracy, weak, ceiling),
+            **({"pgr_note": note} if note else {}),
             "subdomain_accuracy": _subdomain_accuracy(metrics, benchmark),
             **{
                 k: v
@@ -111,8 +136,24 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "device": str(device),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_json_atomically(run_dir / RESULTS, results)
     return results
+
+
+def missing_classes(features: FeatureSet) -> list[int]:
+    """The classes without a single pool sample (the ceiling cannot learn them)."""
+    present = set(features.train_y.unique().tolist())
+    return [c for c in range(features.num_classes) if c not in present]
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int) -> float:
@@ -158,23 +199,36 @@ def _common_kwargs(cfg: DictConfig, device: torch.device) -> dict:
     }
 
 
-def _run_ceiling(cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path) -> float:
+def _plugins(cfg: DictConfig, name: str) -> list:
+    """The divergence check, and a progress bar if asked for."""
+    advice = f"use a lower strategy.lr (now {cfg.strategy.lr:g})"
+    if cfg.plugins and name != "ceiling":
+        advice += f", or check the settings of plugins {', '.join(cfg.plugins)}"
+    plugins = [DivergencePlugin(name, advice)]
+    if cfg.progress:
+        plugins.append(EpochProgressPlugin(name))
+    return plugins
+
+
+def _run_ceiling(
+    cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path
+) -> tuple[float, int]:
+    """(ceiling accuracy, its training steps)."""
     seed_everything(int(cfg.seed))
-    plugins = [EpochProgressPlugin("ceiling")] if cfg.progress else []
     strategy = GroundTruthCeiling(
         model=_student(cfg, benchmark),
         evaluator=_evaluator(cfg, run_dir / "tb" / "ceiling"),
-        plugins=plugins,
+        plugins=_plugins(cfg, "ceiling"),
         **_common_kwargs(cfg, device),
     )
     strategy.train(benchmark.ceiling_stream[0], eval_streams=[])
-    return strategy.eval(benchmark.test_stream)[STREAM_ACCURACY]
+    steps = strategy.clock.train_exp_iterations
+    return strategy.eval(benchmark.test_stream)[STREAM_ACCURACY], steps
 
 
-def _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling, forgetting) -> CSLStrategy:
+def _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting) -> CSLStrategy:
     s = cfg.strategy
-    plugins = [EpochProgressPlugin(s.name)] if cfg.progress else []
-    plugins += build_continual_plugins(OmegaConf.to_container(cfg.plugins))
+    plugins = _plugins(cfg, s.name) + build_continual_plugins(OmegaConf.to_container(cfg.plugins))
     return STRATEGIES[s.name](
         model=_student(cfg, benchmark),
         features=benchmark.features,
@@ -186,7 +240,7 @@ def _make_strategy(cfg, benchmark, device, run_dir, weak, ceiling, forgetting) -
         evaluator=_evaluator(
             cfg,
             run_dir / "tb" / s.name,
-            PGRMetric(weak, ceiling),
+            pgr_metric,
             forgetting,
             LevelStatisticsMetric(),
         ),

@@ -10,13 +10,14 @@ trained so far.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import fields
 
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metrics import Accuracy
 
-from csl_avalanche.cosupervision import pgr
+from csl_avalanche.cosupervision import pgr, pgr_note
 from csl_avalanche.forgetting import forgetting
 from csl_avalanche.plugins.cosupervision import LevelStatistics
 
@@ -25,22 +26,34 @@ class PGRMetric(PluginMetric[float]):
     """Performance gap recovered by the student's accuracy over a whole evaluated stream.
 
     `weak_accuracy` (the level-0 generalist on the test split) and `ceiling_accuracy` (the
-    student trained on ground truth, same budget) are measured in the same run.
+    student trained on ground truth, same budget) are measured in the same run. Where PGR would
+    not mean what it says (`cosupervision.pgr_note`: no gap, a class without pool samples, no
+    training step) it logs nothing; results.json says why.
     """
 
-    def __init__(self, weak_accuracy: float, ceiling_accuracy: float):
+    def __init__(
+        self,
+        weak_accuracy: float,
+        ceiling_accuracy: float,
+        *,
+        missing_classes: Sequence[int] = (),
+        ceiling_steps: int = 1,
+    ):
         super().__init__()
-        pgr(weak_accuracy, weak_accuracy, ceiling_accuracy)  # fail now if the gap is zero
         self.weak_accuracy = weak_accuracy
         self.ceiling_accuracy = ceiling_accuracy
+        self.missing_classes = tuple(missing_classes)
+        self.ceiling_steps = ceiling_steps
         self._accuracy = Accuracy()
         self._stream = "test_stream"
+        self._value: float | None = None
 
     def reset(self) -> None:
         self._accuracy.reset()
 
-    def result(self) -> float:
-        return pgr(self._accuracy.result(), self.weak_accuracy, self.ceiling_accuracy)
+    def result(self) -> float | None:
+        """The last evaluation's PGR; None where it would not mean what it says."""
+        return self._value
 
     def before_eval(self, strategy) -> None:
         self.reset()
@@ -52,8 +65,19 @@ class PGRMetric(PluginMetric[float]):
         self._stream = strategy.experience.origin_stream.name
 
     def after_eval(self, strategy) -> list[MetricValue]:
+        note = pgr_note(
+            self.weak_accuracy,
+            self.ceiling_accuracy,
+            missing_classes=self.missing_classes,
+            ceiling_steps=self.ceiling_steps,
+            student_steps=strategy.clock.train_exp_iterations,
+        )
+        accuracy = self._accuracy.result()
+        self._value = None if note else pgr(accuracy, self.weak_accuracy, self.ceiling_accuracy)
+        if self._value is None:
+            return []
         name = f"PGR/eval_phase/{self._stream}_stream"
-        return [MetricValue(self, name, float(self.result()), strategy.clock.train_exp_counter)]
+        return [MetricValue(self, name, self._value, strategy.clock.train_exp_counter)]
 
     def __str__(self) -> str:
         return "PGR"

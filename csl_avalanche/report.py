@@ -5,6 +5,11 @@ not change results (the cache folder, progress bars). Each group becomes one row
 with the mean and spread (sample standard deviation) over its seeds of the final accuracy, the
 PGR after each level and the final mean forgetting; the table goes to DIR/report.md and the
 console, with two plots: PGR per level per variant and each variant's mean accuracy matrix.
+
+A run whose PGR is null at a level (results.json's `pgr_note` says why) counts as n/a there:
+it is left out of that level's mean, and the cell says how many runs were n/a. A results.json
+that cannot be read, or lacks what the report needs, is skipped with a warning; it is an error
+only when no run is left.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import argparse
 import json
 import math
 import statistics
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from csl_avalanche.errors import ConfigError, refuse  # noqa: E402
 
 NOT_A_SETTING = ("seed", "cache_dir", "progress")  # differ between runs of one configuration
 PGR_PLOT = "pgr_per_level.png"
@@ -43,7 +51,8 @@ class Variant:
     def final_accuracy(self) -> list[float]:
         return [run["levels"][-1]["student_accuracy"] for run in self.runs]
 
-    def pgr(self, level: int) -> list[float]:
+    def pgr(self, level: int) -> list[float | None]:
+        """Each run's PGR at `level` (None: n/a), for the runs that have the level."""
         return [run["levels"][level]["pgr"] for run in self.runs if level < len(run["levels"])]
 
     def mean_forgetting(self) -> list[float]:
@@ -71,19 +80,73 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def load_variants(root: Path) -> list[Variant]:
-    """Every results.json below `root`, grouped by configuration, in first-seen path order."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Variant]:
+    """Every readable results.json below `root`, grouped by configuration, in first-seen path
+    order; `warn` (default: a `warning:` line on stderr) hears of each one skipped."""
+    if not root.is_dir():
+        fault = "is not a folder" if root.exists() else "does not exist"
+        raise ConfigError(f"{root} {fault}; give the folder of a run or of a sweep")
     variants: dict[str, Variant] = {}
-    for path in sorted(root.rglob("results.json"), key=_natural):
-        run = json.loads(path.read_text())
+    paths = sorted(root.rglob("results.json"), key=_natural)
+    for path in paths:
+        try:
+            run = read_run(path)
+        except ConfigError as err:
+            warn(f"skipping {err}")
+            continue
         config = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
         settings = flatten(config)
         key = json.dumps(settings, sort_keys=True)
         variants.setdefault(key, Variant(settings)).runs.append(run)
     if not variants:
-        raise FileNotFoundError(f"no results.json below {root}")
+        skipped = f" ({len(paths)} skipped, see the warnings)" if paths else ""
+        raise ConfigError(
+            f"no readable results.json below {root}{skipped}; give the folder of a run or of a "
+            "sweep (hydra.run.dir or hydra.sweep.dir)"
+        )
     _label(list(variants.values()))
     return list(variants.values())
+
+
+def read_run(path: Path) -> dict:
+    """One results.json, with what the report reads; ConfigError names the file and the fault."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON file ({err})") from None
+    if problem := _lacks(run):
+        raise ConfigError(f"{path}: not a run's results.json ({problem})")
+    return run
+
+
+def _lacks(run: object) -> str | None:
+    """What a results.json lacks for the report, or None."""
+    if not isinstance(run, dict):
+        return f"holds a JSON {type(run).__name__}, not an object"
+    missing = [
+        k for k in ("config", "seed", "levels", "subdomains", "accuracy_matrix") if k not in run
+    ]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(run["config"], dict):
+        return "`config` is not an object"
+    levels = run["levels"]
+    if not isinstance(levels, list) or not levels:
+        return "`levels` is not a non-empty list"
+    for index, level in enumerate(levels):
+        if not isinstance(level, dict) or not _is_number(level.get("student_accuracy")):
+            return f"levels[{index}] has no student_accuracy"
+        if "pgr" not in level or not (level["pgr"] is None or _is_number(level["pgr"])):
+            return f"levels[{index}] has no pgr (a number or null)"
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _natural(path: Path) -> list[tuple[int, int | str]]:
@@ -100,17 +163,23 @@ def _label(variants: list[Variant]) -> None:
         variant.label = " ".join(parts) or "all runs"
 
 
-def mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, sample standard deviation); the spread of a single value is 0; NaN if empty."""
-    if not values:
+def mean_spread(values: Sequence[float | None]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of the numbers among `values` (None: n/a); the spread
+    of a single number is 0; NaN if there is none."""
+    numbers = [v for v in values if v is not None]
+    if not numbers:
         return math.nan, math.nan
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.fmean(values), spread
+    spread = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+    return statistics.fmean(numbers), spread
 
 
-def _cell(values: Sequence[float]) -> str:
+def _cell(values: Sequence[float | None]) -> str:
+    """`mean ± sd`, `n/a` if every value is, `–` if there is none; `(k n/a)` when some are."""
     mean, spread = mean_spread(values)
-    return "–" if math.isnan(mean) else f"{mean:.3f} ± {spread:.3f}"
+    unknown = sum(v is None for v in values)
+    if math.isnan(mean):
+        return "n/a" if unknown else "–"
+    return f"{mean:.3f} ± {spread:.3f}" + (f" ({unknown} n/a)" if unknown else "")
 
 
 def markdown_table(variants: list[Variant]) -> str:
@@ -183,7 +252,8 @@ def write_report(root: Path) -> str:
         f"# CSL report: {runs} runs, {len(variants)} configurations\n\n"
         "Mean ± sample standard deviation over seeds. Final accuracy and mean forgetting are "
         "taken after the last level; forgetting per finest subdomain is the best accuracy "
-        "after any earlier level minus the accuracy now.\n\n"
+        "after any earlier level minus the accuracy now. PGR n/a: PGR is null in results.json "
+        "(its `pgr_note` says why) and is left out of the mean.\n\n"
         f"{table}\n\n"
         f"![PGR per level]({PGR_PLOT})\n\n"
         f"![accuracy per level and subdomain]({MATRIX_PLOT})\n"
@@ -195,7 +265,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a sweep or run directory")
     args = parser.parse_args(argv)
-    print(write_report(args.directory))
+    try:
+        table = write_report(args.directory)
+    except ConfigError as err:
+        refuse(err)
+    print(table)
     print(f"report: {args.directory / 'report.md'}")
 
 

@@ -1,4 +1,9 @@
-"""`python -m csl_avalanche.run`: the Hydra entry point (configs: the `configs` package)."""
+"""`python -m csl_avalanche.run`: the Hydra entry point (configs: the `configs` package).
+
+The settings are checked before the experiment module, and with it Avalanche, is imported, so
+a wrong value costs about two seconds; the run folder is checked (by `settings.OutputDirCheck`,
+a Hydra callback) before Hydra creates it.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from csl_avalanche.errors import ConfigError, refuse
+from csl_avalanche.settings import check_settings
+
 # avalanche-lib imports qpsolvers, which warns about solvers that only GEM-style plugins use.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
-
-from csl_avalanche.errors import ConfigError  # noqa: E402
-from csl_avalanche.experiment import run_experiment  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def summary_table(results: dict) -> str:
-    """The per-level results as an aligned text table."""
+    """The per-level results as an aligned text table; PGR `n/a` where results.json has null."""
     head = (
         f"{'level':>5} {'teachers':>8} {'teacher_acc':>11} {'keep':>6} "
         f"{'student_acc':>11} {'PGR':>7}"
@@ -33,22 +38,39 @@ def summary_table(results: dict) -> str:
         "-" * len(head),
     ]
     for lvl in results["levels"]:
+        pgr = "n/a" if lvl["pgr"] is None else f"{lvl['pgr']:.3f}"
         rows.append(
             f"{lvl['level']:>5} {lvl['num_teachers']:>8} {lvl['teacher_accuracy']:>11.4f} "
-            f"{lvl['keep_rate']:>6.3f} {lvl['student_accuracy']:>11.4f} {lvl['pgr']:>7.3f}"
+            f"{lvl['keep_rate']:>6.3f} {lvl['student_accuracy']:>11.4f} {pgr:>7}"
         )
     return "\n".join(rows)
+
+
+def pgr_warnings(results: dict) -> list[str]:
+    """One `warning:` line per reason why PGR is n/a, naming the levels it applies to."""
+    levels_by_note: dict[str, list[str]] = {}
+    for lvl in results["levels"]:
+        if lvl.get("pgr_note"):
+            levels_by_note.setdefault(lvl["pgr_note"], []).append(str(lvl["level"]))
+    return [
+        f"warning: PGR is n/a at level {', '.join(levels)}: {note}"
+        for note, levels in levels_by_note.items()
+    ]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://csl_avalanche.configs", config_name="config")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        check_settings(cfg)
+        from csl_avalanche.experiment import run_experiment  # Avalanche: seconds to import
+
         results = run_experiment(cfg, run_dir)
     except ConfigError as err:  # its message says what to fix: no traceback
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse(err)
     print(summary_table(results))
+    for line in pgr_warnings(results):
+        print(line, file=sys.stderr)
     print(f"results: {run_dir / 'results.json'}   tensorboard --logdir {run_dir / 'tb'}")
     return results
 

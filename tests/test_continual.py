@@ -9,6 +9,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 from continual_helpers import run_csl
 
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.plugins.continual import build_continual_plugins
 
 
@@ -96,9 +97,9 @@ def test_factory_builds_avalanche_plugins_in_order():
 
 
 def test_factory_rejects_unknown_plugins_and_knobs():
-    with pytest.raises(KeyError, match="unknown plugin 'gem'"):
+    with pytest.raises(ConfigError, match="unknown plugin 'gem'"):
         build_continual_plugins({"gem": {}})
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigError, match="plugins.replay.memsize is not a setting"):
         build_continual_plugins({"replay": {"memsize": 10}})
-    with pytest.raises(ValueError, match="decay_factor"):
+    with pytest.raises(ConfigError, match="plugins.ewc.decay_factor must be"):
         build_continual_plugins({"ewc": {"ewc_lambda": 1.0, "mode": "online"}})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.report import load_variants, main, write_report
 
 PNG = b"\x89PNG"
@@ -76,8 +77,9 @@ def test_report_table_holds_mean_and_spread_over_seeds(fake_sweep, capsys):
 
 
 def test_report_without_runs_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no results.json"):
+    with pytest.raises(ConfigError, match="no readable results.json below"):
         write_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_multirun_over_continual_mode_and_plugins_then_report(tmp_path):

@@ -3,7 +3,8 @@
 They join the CSL strategy after its CoSupervisionPlugin, so they only ever see the level's
 kept, teacher-labelled dataset: ReplayPlugin stores `strategy.experience.dataset`, EWC's
 importance pass re-reads it with the hard pseudo-labels, LwF records its classes from it.
-Each config file holds the plugin's own keyword arguments, so a misspelled knob is a TypeError.
+Each config file holds the plugin's own keyword arguments, checked by
+`settings.check_plugin_settings` (Avalanche itself checks them with bare asserts, or not).
 """
 
 from __future__ import annotations
@@ -14,28 +15,17 @@ from typing import Any
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 
+from csl_avalanche.settings import check_plugin_settings
 
-def _ewc(ewc_lambda: float, mode: str = "separate", decay_factor: float | None = None):
-    # EWCPlugin checks these with bare asserts; say what to set instead.
-    if mode not in ("separate", "online"):
-        raise ValueError(f"plugins.ewc.mode must be separate or online, got {mode!r}")
-    if (mode == "online") != (decay_factor is not None):
-        raise ValueError("plugins.ewc.decay_factor is required with mode=online and only then")
-    return EWCPlugin(ewc_lambda=ewc_lambda, mode=mode, decay_factor=decay_factor)
-
-
+# The same names as settings.PLUGIN_SETTINGS, which says what each accepts.
 CONTINUAL_PLUGINS: dict[str, Callable[..., SupervisedPlugin]] = {
     "replay": ReplayPlugin,
-    "ewc": _ewc,
+    "ewc": EWCPlugin,
     "lwf": LwFPlugin,
 }
 
 
 def build_continual_plugins(config: Mapping[str, Mapping[str, Any]] | None) -> list:
     """One plugin per entry of `config` (name -> keyword arguments), in the config's order."""
-    plugins = []
-    for name, kwargs in (config or {}).items():
-        if name not in CONTINUAL_PLUGINS:
-            raise KeyError(f"unknown plugin {name!r}; choose from {sorted(CONTINUAL_PLUGINS)}")
-        plugins.append(CONTINUAL_PLUGINS[name](**kwargs))
-    return plugins
+    check_plugin_settings(config)
+    return [CONTINUAL_PLUGINS[name](**kwargs) for name, kwargs in (config or {}).items()]

@@ -1,0 +1,347 @@
+"""The bad-input catalogue, config side: wrong settings, unwritable run folders, a pool smaller
+than a batch, a diverging student, report inputs, and runs whose PGR means nothing.
+
+Each error case checks exit code 2, no traceback, one `error:` line and its words (the key or
+path, the bad value, a word of the fix). Settings are checked before any data is read, so each
+of those cases costs a fraction of a second in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, assert_clean_error, cli, make_feature_set
+from hydra import compose, initialize_config_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from csl_avalanche.data.features import FeatureSet, save_features
+from csl_avalanche.errors import ConfigError
+from csl_avalanche.report import main as report_main
+from csl_avalanche.settings import ASSIGNMENTS, PLUGIN_SETTINGS, STRATEGY_NAMES, check_settings
+
+# (overrides, phrases the one error line must contain)
+BAD_SETTINGS = [
+    (["strategy.epochs=abc"], ["strategy.epochs must be a whole number >= 1", "got 'abc'"]),
+    (["strategy.epochs=0"], ["strategy.epochs", ">= 1", "got 0"]),
+    (["strategy.epochs=1.5"], ["strategy.epochs", "whole number", "got 1.5"]),
+    (["strategy.batch_size=0"], ["strategy.batch_size", ">= 1", "got 0"]),
+    (["strategy.batch_size=-1"], ["strategy.batch_size", ">= 1", "got -1"]),
+    (["strategy.lr=-1"], ["strategy.lr must be a finite number in (0, 1]", "got -1"]),
+    (["strategy.lr=0"], ["strategy.lr", "(0, 1]", "got 0"]),
+    (["strategy.lr=1e4"], ["strategy.lr", "(0, 1]", "got 10000.0"]),
+    (["strategy.lr=nan"], ["strategy.lr", "finite", "got nan"]),
+    (["strategy.lr=inf"], ["strategy.lr", "finite", "got inf"]),
+    (["strategy.lr=abc"], ["strategy.lr", "number", "got 'abc'"]),
+    (["seed=-1"], ["seed must be a whole number in 0..4294967295", "got -1"]),
+    ([f"seed={2**32}"], ["seed", "0..4294967295", f"got {2**32}"]),
+    (["seed=abc"], ["seed", "whole number", "got 'abc'"]),
+    (["device=gpu"], ["device must be one of auto, cpu, cuda", "got 'gpu'"]),
+    (["progress=yes"], ["progress must be true or false", "got 'yes'"]),
+    (["cache_dir=null"], ["cache_dir must be a folder path", "got None"]),
+    (["strategy.name=fancy"], ["strategy.name must be one of csl, w2s", "got 'fancy'"]),
+    (["strategy.assignment=random"], ["strategy.assignment", "likelihood", "got 'random'"]),
+    (["strategy.labels=fuzzy"], ["strategy.labels must be one of hard, soft", "got 'fuzzy'"]),
+    (["strategy.denoise=top0"], ["strategy.denoise", "topK with K >= 1", "got 'top0'"]),
+    (["strategy.reinit_student=maybe"], ["strategy.reinit_student", "true or false"]),
+    (["teacher.steps=0"], ["teacher.steps must be a whole number >= 1", "got 0"]),
+    (["teacher.batch_size=abc"], ["teacher.batch_size", "whole number", "got 'abc'"]),
+    (["teacher.lr=nan"], ["teacher.lr", "finite number in (0, 1]", "got nan"]),
+    (["student.pretrain.steps=-1"], ["student.pretrain.steps", ">= 1", "got -1"]),
+    (["student.pretrain.lr=0"], ["student.pretrain.lr", "(0, 1]", "got 0"]),
+    (["benchmark.splits.pool=0"], ["benchmark.splits", "each > 0", "'pool': 0"]),
+    (["benchmark.splits.pool=0.9"], ["benchmark.splits", "summing to at most 1", "0.9"]),
+    (["plugins=[ewc]", "plugins.ewc.ewc_lambda=-1e6"], ["plugins.ewc.ewc_lambda", ">= 0", "-1"]),
+    (["plugins=[ewc]", "plugins.ewc.mode=sometimes"], ["plugins.ewc.mode", "online"]),
+    (["plugins=[ewc]", "plugins.ewc.mode=online"], ["plugins.ewc.decay_factor", "mode=online"]),
+    (["plugins=[lwf]", "plugins.lwf.temperature=0"], ["plugins.lwf.temperature", "> 0", "got 0"]),
+    (["plugins=[lwf]", "plugins.lwf.alpha=-1"], ["plugins.lwf.alpha", ">= 0", "got -1"]),
+    (["plugins=[lwf]", "plugins.lwf.alpha=[1.0,-0.5]"], ["plugins.lwf.alpha", "list", "-0.5"]),
+    (["plugins=[replay]", "plugins.replay.mem_size=-5"], ["plugins.replay.mem_size", "got -5"]),
+    (["plugins=[replay]", "plugins.replay.batch_size_mem=0"], ["batch_size_mem", "null or"]),
+    (["plugins=[replay]", "+plugins.replay.memsize=10"], ["plugins.replay.memsize", "mem_size"]),
+    (["benchmark=imagefolder", "data.num_workers=-1"], ["data.num_workers", ">= 0", "got -1"]),
+    (["benchmark=imagefolder", "data.image_size=0"], ["data.image_size", ">= 1", "got 0"]),
+    (["benchmark=imagefolder", "data.batch_size=abc"], ["data.batch_size", "got 'abc'"]),
+    (["benchmark=imagefolder", "data.crop_pct=1.5"], ["data.crop_pct", "(0, 1]", "got 1.5"]),
+    (["benchmark=imagenet_w2s", "benchmark.teacher_fraction=0"], ["teacher_fraction", "got 0"]),
+    (["benchmark=fashion_mnist", "student.channels=[32,0]"], ["student.channels", "[32, 0]"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "phrases"), BAD_SETTINGS, ids=[" ".join(o) for o, _ in BAD_SETTINGS]
+)
+def test_bad_setting_is_refused_up_front(tmp_path, overrides, phrases):
+    outcome = cli(tmp_path / "run", *overrides)
+    assert_clean_error(outcome, *phrases)
+    assert not (tmp_path / "cache").exists()  # refused before any data was read
+
+
+def test_every_shipped_config_passes_the_checks():
+    """The rules refuse no combination of the shipped benchmark, strategy and plugins groups."""
+    with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
+        for benchmark in ("digits", "fashion_mnist", "features", "imagefolder", "imagenet_w2s",
+                          "cifar100", "domainnet"):  # fmt: skip
+            for strategy in ("csl", "w2s", "oracle", "ensemble"):
+                overrides = [f"benchmark={benchmark}", f"strategy={strategy}"]
+                check_settings(compose("config", [*overrides, "plugins=[replay,ewc,lwf]"]))
+
+
+def test_the_tables_name_what_the_code_builds():
+    from csl_avalanche.experiment import STRATEGIES
+    from csl_avalanche.plugins.continual import CONTINUAL_PLUGINS
+    from csl_avalanche.plugins.cosupervision import TARGET_RULES
+
+    assert set(STRATEGY_NAMES) == set(STRATEGIES)
+    assert set(ASSIGNMENTS) == set(TARGET_RULES)
+    assert set(PLUGIN_SETTINGS) == set(CONTINUAL_PLUGINS)
+
+
+# --- the run folder -------------------------------------------------------------------------
+
+
+def test_results_json_that_is_a_folder_is_refused_before_the_run(tmp_path):
+    (tmp_path / "run" / "results.json").mkdir(parents=True)
+    outcome = cli(tmp_path / "run")
+    assert_clean_error(outcome, f"{tmp_path / 'run' / 'results.json'}", "a folder", "remove it")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_run_folder_under_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    outcome = cli(tmp_path / "file" / "run")
+    assert_clean_error(outcome, str(tmp_path / "file" / "run"), "under the file", "hydra.run.dir")
+
+
+def test_run_folder_that_is_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    outcome = cli(tmp_path / "run")
+    assert_clean_error(outcome, str(tmp_path / "run"), "is a file", "choose another hydra.run.dir")
+
+
+def test_tensorboard_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tb").write_text("")
+    outcome = cli(tmp_path / "run")
+    assert_clean_error(outcome, str(tmp_path / "run" / "tb"), "TensorBoard", "remove it")
+
+
+def test_run_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    """Tests run as root, for whom chmod blocks nothing: the permission check is simulated."""
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    outcome = cli(tmp_path / "run")
+    assert_clean_error(outcome, str(tmp_path / "run"), "not writable", "hydra.run.dir")
+
+
+# --- features files: the pool, divergence, PGR that means nothing ---------------------------
+
+
+# A short, unfiltered run on a tiny features file: two epochs, every pool sample kept.
+QUICK = (
+    "benchmark=features",
+    "strategy.epochs=2",
+    "strategy.denoise=all",
+    "strategy.batch_size=32",
+)
+
+
+@pytest.fixture
+def features_file(tmp_path):
+    """Saves a FeatureSet; returns the overrides that run it (QUICK)."""
+
+    def save(features: FeatureSet) -> list[str]:
+        path = tmp_path / "features.pt"
+        save_features(features, path)
+        return [*QUICK, f"data.path={path}"]
+
+    return save
+
+
+def test_pool_smaller_than_one_batch_is_refused_before_training(tmp_path, features_file):
+    run = features_file(make_feature_set(n=40))
+    outcome = cli(tmp_path / "run", *run, "strategy.batch_size=100")
+    assert_clean_error(outcome, "strategy.batch_size=100", "(40 samples)", "strategy.batch_size=40")
+    assert not (tmp_path / "run" / "tb").exists()  # no model was trained
+
+
+def test_lwf_weights_for_fewer_levels_than_the_hierarchy_are_refused(tmp_path, features_file):
+    run = features_file(make_feature_set())  # 2 levels
+    outcome = cli(tmp_path / "run", *run, "plugins=[lwf]", "plugins.lwf.alpha=[1.0]")
+    assert_clean_error(outcome, "plugins.lwf.alpha lists 1 weights", "2 levels", "one per level")
+    assert not (tmp_path / "run" / "tb").exists()
+
+
+def test_a_diverging_student_stops_the_run_naming_the_level(tmp_path, features_file):
+    """LwF divides the logits by its temperature: near 0 they overflow, the loss is NaN from
+    the first level LwF acts on (level 1), and the run stops instead of reporting accuracies."""
+    run = features_file(make_feature_set())
+    outcome = cli(tmp_path / "run", *run, "plugins=[lwf]", "plugins.lwf.temperature=1e-45")
+    assert_clean_error(
+        outcome, "csl level 1: the training loss became NaN or Inf in epoch 1", "lower strategy.lr"
+    )
+    assert "plugins lwf" in outcome.err
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def _pgr_levels(tmp_path, outcome) -> list[dict]:
+    assert outcome.code == 0, outcome.err
+    assert "Traceback" not in outcome.err
+    return json.loads((tmp_path / "run" / "results.json").read_text())["levels"]
+
+
+def test_a_perfect_generalist_leaves_no_gap_and_no_pgr(tmp_path, features_file, single_threaded):
+    base = make_feature_set()
+    perfect = torch.nn.functional.one_hot(base.test_y, 4).float()
+    probs = base.teacher_test_probs.clone()
+    probs[0] = perfect
+    run = features_file(dataclasses.replace(base, teacher_test_probs=probs))
+    outcome = cli(tmp_path / "run", *run)
+    levels = _pgr_levels(tmp_path, outcome)
+    assert [lvl["pgr"] for lvl in levels] == [None, None]
+    assert all("not above the weak accuracy (1.0000)" in lvl["pgr_note"] for lvl in levels)
+    assert "n/a" in outcome.out
+    assert "warning: PGR is n/a at level 0, 1: the ceiling accuracy" in outcome.err
+    events = EventAccumulator(str(tmp_path / "run" / "tb" / "csl")).Reload()
+    assert "Top1_Acc_Stream/eval_phase/test_stream" in events.Tags()["scalars"]
+    assert "PGR/eval_phase/test_stream" not in events.Tags()["scalars"]  # nothing logged
+
+
+def test_a_class_missing_from_the_pool_gives_no_pgr(tmp_path, features_file, single_threaded):
+    base = make_feature_set()
+    keep = base.train_y != 3
+    run = features_file(
+        dataclasses.replace(
+            base,
+            train_x=base.train_x[keep],
+            train_y=base.train_y[keep],
+            teacher_train_probs=base.teacher_train_probs[:, keep],
+        )
+    )
+    outcome = cli(tmp_path / "run", *run)
+    levels = _pgr_levels(tmp_path, outcome)
+    assert [lvl["pgr"] for lvl in levels] == [None, None]
+    assert all("no samples of class(es) [3]" in lvl["pgr_note"] for lvl in levels)
+    assert "warning: PGR is n/a at level 0, 1: the transfer pool has no samples" in outcome.err
+
+
+# --- the report command ---------------------------------------------------------------------
+
+
+def report(*argv: str):
+    """`python -m csl_avalanche.report ARGV` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            report_main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_report_error(outcome, *phrases):
+    code, _, err = outcome
+    assert code == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert all(phrase in errors[0] for phrase in phrases), errors[0]
+    return err
+
+
+def good_run(pgr: list[float | None]) -> dict:
+    levels = [{"level": i, "student_accuracy": 0.8, "pgr": p} for i, p in enumerate(pgr)]
+    return {
+        "levels": levels,
+        "subdomains": ["classes_0-1", "classes_2-3"],
+        "accuracy_matrix": [[0.8, 0.8]] * len(pgr),
+        "seed": 0,
+        "config": {"seed": 0, "strategy": {"name": "csl"}},
+    }
+
+
+def write_run(folder, content: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(content)
+
+
+def test_report_on_a_missing_folder(tmp_path):
+    assert_report_error(report(str(tmp_path / "nowhere")), "nowhere does not exist", "folder")
+
+
+def test_report_on_an_empty_folder(tmp_path):
+    assert_report_error(report(str(tmp_path)), "no readable results.json", str(tmp_path))
+
+
+def test_report_on_a_file(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    target = tmp_path / "results.json"
+    assert_report_error(report(str(target)), "is not a folder", "of a run or of a sweep")
+
+
+def test_report_when_every_results_json_is_corrupt(tmp_path):
+    write_run(tmp_path / "0", '{"levels": [')  # cut short
+    write_run(tmp_path / "1", json.dumps({"seed": 1}))  # not a run's results
+    err = assert_report_error(report(str(tmp_path)), "no readable results.json", "2 skipped")
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2
+    assert str(tmp_path / "0" / "results.json") in warnings[0] and "JSON" in warnings[0]
+    assert str(tmp_path / "1" / "results.json") in warnings[1] and "no config" in warnings[1]
+
+
+def test_report_skips_a_corrupt_run_and_reports_the_rest(tmp_path):
+    write_run(tmp_path / "0", json.dumps(good_run([0.25, 0.5])))
+    write_run(tmp_path / "1", json.dumps({**good_run([0.25]), "levels": [{"pgr": 0.1}]}))
+    code, out, err = report(str(tmp_path))
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"warning: skipping {tmp_path / '1' / 'results.json'}: not a run's results.json "
+        "(levels[0] has no student_accuracy)"
+    ]
+    assert "| all runs | 0 | 0.800 ± 0.000 | 0.250 ± 0.000 | 0.500 ± 0.000 | – |" in out
+
+
+def test_report_shows_null_pgr_as_na_and_leaves_it_out_of_the_mean(tmp_path):
+    write_run(tmp_path / "0", json.dumps(good_run([None, 0.5])))
+    write_run(tmp_path / "1", json.dumps({**good_run([None, None]), "seed": 1}))
+    code, out, err = report(str(tmp_path))
+    assert code == 0 and err == "", err
+    assert "| all runs | 0,1 | 0.800 ± 0.000 | n/a | 0.500 ± 0.000 (1 n/a) | – |" in out
+
+
+# --- the real command -----------------------------------------------------------------------
+
+
+def test_the_real_command_refuses_a_bad_setting_in_seconds(tmp_path):
+    """A new interpreter, as a user runs it; the settings are checked before Avalanche loads."""
+    cmd = [sys.executable, "-m", "csl_avalanche.run", f"hydra.run.dir={tmp_path / 'run'}"]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, "strategy.epochs=abc"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "error: strategy.epochs must be a whole number >= 1, got 'abc'"
+    ]
+    assert "avalanche" not in proc.stderr
+    print(f"python -m csl_avalanche.run strategy.epochs=abc: exit 2 after {seconds:.1f} s")
+
+
+def test_check_settings_is_also_the_library_entry_check(tmp_path):
+    """run_experiment checks the settings itself: the Python API refuses what the CLI does."""
+    from csl_avalanche.experiment import run_experiment
+
+    with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
+        cfg = compose("config", ["strategy.batch_size=0"])
+    with pytest.raises(ConfigError, match="strategy.batch_size must be a whole number >= 1"):
+        run_experiment(cfg, tmp_path / "run")
