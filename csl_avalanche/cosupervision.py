@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 
 ASSIGNMENT_RULES = ("class_partition", "likelihood", "kl", "oracle")
+# What `strategy.assignment` may name: a rule above, or `ensemble` (no assignment: the mean of
+# the level's teachers, built by the co-supervision plugin).
+TARGET_RULES = (*ASSIGNMENT_RULES, "ensemble")
 LABEL_KINDS = ("hard", "soft")
 _EPS = 1e-12
 

@@ -24,7 +24,6 @@ from csl_avalanche import cosupervision as cs
 from csl_avalanche.errors import ConfigError, refuse
 
 STRATEGY_NAMES = ("csl", "w2s")  # experiment.STRATEGIES
-ASSIGNMENTS = (*cs.ASSIGNMENT_RULES, "ensemble")  # plugins.cosupervision.TARGET_RULES
 RESULTS = "results.json"
 TENSORBOARD = "tb"
 _ABSENT = object()
@@ -120,7 +119,7 @@ SETTINGS: dict[str, Rule] = {
     "progress": BOOLEAN,
     "cache_dir": PATH,
     "strategy.name": choice(*STRATEGY_NAMES),
-    "strategy.assignment": choice(*ASSIGNMENTS),
+    "strategy.assignment": choice(*cs.TARGET_RULES),
     "strategy.labels": choice(*cs.LABEL_KINDS),
     "strategy.denoise": DENOISE,
     "strategy.reinit_student": BOOLEAN,

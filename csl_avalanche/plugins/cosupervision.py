@@ -25,8 +25,6 @@ from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.fit import predict
 
-TARGET_RULES = (*cs.ASSIGNMENT_RULES, "ensemble")
-
 
 @dataclass(frozen=True)
 class LevelStatistics:
@@ -64,9 +62,9 @@ class CoSupervisionPlugin(SupervisedPlugin):
         scale_epochs: bool = True,
     ):
         super().__init__()
-        if assignment not in TARGET_RULES:
+        if assignment not in cs.TARGET_RULES:
             raise ConfigError(
-                f"unknown strategy.assignment {assignment!r}; choose one of {TARGET_RULES}"
+                f"unknown strategy.assignment {assignment!r}; choose one of {cs.TARGET_RULES}"
             )
         if labels not in cs.LABEL_KINDS:
             raise ConfigError(f"unknown strategy.labels {labels!r}; choose one of {cs.LABEL_KINDS}")
