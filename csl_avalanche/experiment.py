@@ -37,6 +37,7 @@ from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
 from csl_avalanche.plugins.divergence import DivergencePlugin
 from csl_avalanche.plugins.progress import EpochProgressPlugin
+from csl_avalanche.resume import RunProgress
 from csl_avalanche.settings import (
     RESULTS,
     check_against_data,
@@ -72,10 +73,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
 
     Every setting and the run folder are checked first (`csl_avalanche.settings`), those that
     depend on the data as soon as the features are built: a user error stops it before training.
+    After the ceiling and after each level the run folder holds a checkpoint; a rerun in the
+    same folder continues after the last completed unit (`csl_avalanche.resume`).
     """
     check_settings(cfg)
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    progress = RunProgress.open(cfg, run_dir)
+    if progress.finished:
+        log.info("the run in %s is finished: nothing to do", run_dir)
+        return progress.state["results"]
     seed = int(cfg.seed)
     seed_everything(seed)
     device = resolve_device(cfg.device)
@@ -86,19 +93,22 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     )
     benchmark = make_csl_benchmark(features)
     weak = teacher_test_accuracy(benchmark, teacher=0)
-    ceiling, ceiling_steps = _run_ceiling(cfg, benchmark, device, run_dir)
+    if progress.ceiling is None:
+        _run_ceiling(cfg, benchmark, device, run_dir, progress)
+    ceiling, ceiling_steps = progress.ceiling["accuracy"], progress.ceiling["steps"]
     missing = missing_classes(features)
 
     seed_everything(seed)
     forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
     pgr_metric = PGRMetric(weak, ceiling, missing_classes=missing, ceiling_steps=ceiling_steps)
     strategy = _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting)
-    levels, train_seconds = [], []
-    for experience in strategy.levels(benchmark.train_stream):
+    progress.restore(strategy)
+    for experience in strategy.levels(benchmark.train_stream)[len(progress.levels) :]:
+        log.info("level %d: training (teachers: %d)", experience.level, experience.num_teachers)
         start = time.perf_counter()
         strategy.train(experience, eval_streams=[])
         stats = strategy.level_statistics[-1]
-        train_seconds.append(time.perf_counter() - start - stats.estep_seconds)
+        train_seconds = time.perf_counter() - start - stats.estep_seconds
         steps = strategy.clock.train_exp_iterations
         metrics = strategy.eval(benchmark.test_stream)
         accuracy = metrics[STREAM_ACCURACY]
@@ -121,15 +131,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         if subdomain_forgetting := forgetting.result():
             level["subdomain_forgetting"] = subdomain_forgetting
             level["mean_forgetting"] = statistics.fmean(subdomain_forgetting.values())
-        levels.append(level)
+        progress.save_level(level, train_seconds, strategy)
     results = {
         "weak_accuracy": weak,
         "ceiling_accuracy": ceiling,
-        "levels": levels,
+        "levels": progress.levels,
         "subdomains": benchmark.subdomain_names(),
         "accuracy_matrix": forgetting.accuracy_matrix,  # [level][subdomain]
         "timings": {
-            "train_seconds": train_seconds,
+            "train_seconds": progress.state["train_seconds"],
             "estep_seconds": [s.estep_seconds for s in strategy.level_statistics],
         },
         "seed": seed,
@@ -137,6 +147,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json_atomically(run_dir / RESULTS, results)
+    progress.finish(results)
     return results
 
 
@@ -211,9 +222,10 @@ def _plugins(cfg: DictConfig, name: str) -> list:
 
 
 def _run_ceiling(
-    cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path
-) -> tuple[float, int]:
-    """(ceiling accuracy, its training steps)."""
+    cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path, progress: RunProgress
+) -> None:
+    """Train the ceiling and record its accuracy and training steps in `progress`."""
+    log.info("ceiling: training the student on the pool's ground truth")
     seed_everything(int(cfg.seed))
     strategy = GroundTruthCeiling(
         model=_student(cfg, benchmark),
@@ -223,7 +235,8 @@ def _run_ceiling(
     )
     strategy.train(benchmark.ceiling_stream[0], eval_streams=[])
     steps = strategy.clock.train_exp_iterations
-    return strategy.eval(benchmark.test_stream)[STREAM_ACCURACY], steps
+    accuracy = strategy.eval(benchmark.test_stream)[STREAM_ACCURACY]
+    progress.save_ceiling(accuracy, steps, strategy.evaluator)
 
 
 def _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting) -> CSLStrategy:

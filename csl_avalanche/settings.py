@@ -117,6 +117,7 @@ SETTINGS: dict[str, Rule] = {
     "seed": whole(0, 2**32 - 1),
     "device": choice("auto", "cpu", "cuda"),
     "progress": BOOLEAN,
+    "resume": BOOLEAN,
     "cache_dir": PATH,
     "strategy.name": choice(*STRATEGY_NAMES),
     "strategy.assignment": choice(*cs.TARGET_RULES),
