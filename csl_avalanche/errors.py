@@ -10,3 +10,12 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A problem the user fixes in the config or on disk; its message is the whole report."""
+
+
+def reason(err: BaseException) -> str:
+    """What went wrong in `err`, as one short line for a user-facing message: an OS error's
+    text ("No space left on device"), else its type and first sentence."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    message = " ".join(str(err).split()).split(". ")[0]
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
