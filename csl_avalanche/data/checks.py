@@ -42,7 +42,7 @@ def probability_fault(name: str, probs: torch.Tensor) -> str | None:
     coarser (bfloat16 rounds each entry by up to 0.4%)."""
     tolerance = max(PROBABILITY_TOLERANCE, torch.finfo(probs.dtype).eps)
     for offset, chunk in _chunks(probs):
-        sums = chunk.sum(dim=-1, dtype=torch.float64)
+        sums = chunk.sum(dim=-1, dtype=torch.promote_types(probs.dtype, torch.float32))
         bad_rows = (
             ~torch.isfinite(chunk).all(dim=-1)
             | (chunk < 0).any(dim=-1)
