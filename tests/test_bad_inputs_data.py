@@ -56,6 +56,14 @@ def written(content: bytes | None) -> Callable[[Path], Path]:
     return make
 
 
+def written_with_torch(value) -> Callable[[Path], Path]:
+    def make(tmp_path: Path) -> Path:
+        torch.save(value, tmp_path / "features.pt")
+        return tmp_path / "features.pt"
+
+    return make
+
+
 FEATURES_CASES = {
     "nan-in-train_x": (
         file_with(train_x=poked(BASE.train_x, (5, 3), NAN)),
@@ -91,10 +99,7 @@ FEATURES_CASES = {
     "binary-junk": (written(b"\x00\x93garbage" * 10), ["is not a torch.save file", "torch.save"]),
     "directory": (written(None), ["data.path=", "features.pt is a directory", "torch.save"]),
     "missing-file": (lambda tmp_path: tmp_path / "absent.pt", ["absent.pt not found", "write"]),
-    "not-a-dict": (
-        lambda tmp_path: torch.save([1, 2], tmp_path / "f.pt") or tmp_path / "f.pt",
-        ["f.pt holds a list, expected a dict"],
-    ),
+    "not-a-dict": (written_with_torch([1, 2]), ["features.pt holds a list, expected a dict"]),
     "empty-pool": (
         file_with(
             train_x=BASE.train_x[:0],
