@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.cache import TensorCache, fingerprint
+from csl_avalanche.data.checks import nested_finite_fault
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.pipeline import Budget, SplitData, pretrained_backbone, trained_teachers
 from csl_avalanche.data.splits import stratified_split
@@ -246,4 +247,10 @@ def _cached_outputs(
             for part in ("pool", "test")
         }
 
-    return cache.get_or_compute(name, key, compute)
+    return cache.get_or_compute(
+        name,
+        key,
+        compute,
+        check=lambda outputs: nested_finite_fault(name, outputs),
+        cause="The models output non-finite values: check their weights and the inputs.",
+    )

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,14 +19,20 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.errors import ConfigError, reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class CacheError(ConfigError):
-    """A cache file that cannot be read or does not hold what its name promises."""
+    """A cache folder that cannot be written, or a cache file that cannot be read or does not
+    hold what its name promises."""
+
+
+class InvalidValueError(ConfigError):
+    """A freshly computed tensor with a fault (NaN, a negative probability ...): a diverged
+    model or broken inputs. It is not cached."""
 
 
 def fingerprint(*parts: Any) -> str:
@@ -65,31 +72,84 @@ class TensorCache:
     """`get_or_compute(name, key, compute)` returns the stored value or computes and stores it.
 
     `hits` and `misses` count what happened, so callers and tests can see that a second run
-    reused the cache.
+    reused the cache. Opening a cache removes the temporary files of runs that were killed
+    while writing; the first miss checks, before anything is computed, that the folder can be
+    written.
     """
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).expanduser()
         self.hits = 0
         self.misses = 0
+        self._writable = False
+        remove_stale_temporaries(self.root)
 
     def path(self, name: str, key: str) -> Path:
         return self.root / f"{name}-{key[:20]}.pt"
 
-    def get_or_compute(self, name: str, key: str, compute: Callable[[], T]) -> T:
+    def get_or_compute(
+        self,
+        name: str,
+        key: str,
+        compute: Callable[[], T],
+        *,
+        check: Callable[[T], str | None] | None = None,
+        cause: str = "",
+    ) -> T:
+        """`check` returns a fault of a value (or None). A stored value with a fault is a
+        CacheError naming its file; a computed one is an InvalidValueError that adds `cause`
+        (what likely went wrong, and the fix), and is not stored."""
         path = self.path(name, key)
         if path.exists():
             self.hits += 1
             log.info("cache hit: %s", path)
-            return self._load(path, key)
+            value = self._load(path, key)
+            if check is not None and (fault := check(value)):
+                raise CacheError(
+                    f"cache file {path} holds bad values: {fault}; delete it and run again "
+                    "to recompute it"
+                )
+            return value
         self.misses += 1
+        self._require_writable()
         value = compute()
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"key": key, "value": value}, tmp)
-        os.replace(tmp, path)
+        if check is not None and (fault := check(value)):
+            hint = f" {cause}" if cause else ""
+            raise InvalidValueError(f"computed {name}: {fault}.{hint} Nothing was cached.")
+        self._write(path, {"key": key, "value": value})
         log.info("cache write: %s", path)
         return value
+
+    def _require_writable(self) -> None:
+        """A probe write, once: a folder that cannot be written fails before any work."""
+        if self._writable:
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            why = "a file of that name exists" if self.root.is_file() else reason(err)
+            raise CacheError(
+                f"cannot create the cache folder {self.root} ({why}); set cache_dir= to a "
+                "writable folder"
+            ) from None
+        probe = self.root / "write-probe.pt"
+        self._write(probe, {"key": "probe", "value": torch.zeros(1)})
+        probe.unlink(missing_ok=True)  # another run may have probed at the same time
+        self._writable = True
+
+    def _write(self, path: Path, payload: dict) -> None:
+        """Write atomically: into a temporary file named after this process, then renamed; a
+        failed write removes its temporary file."""
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # torch.save reports write errors as either
+            tmp.unlink(missing_ok=True)
+            raise CacheError(
+                f"cannot write to the cache folder {self.root} ({reason(err)}); set "
+                "cache_dir= to a writable folder with free space, or free space on its disk"
+            ) from None
 
     @staticmethod
     def _load(path: Path, key: str) -> Any:
@@ -97,7 +157,7 @@ class TensorCache:
             payload = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         except Exception as err:  # a truncated or foreign file
             raise CacheError(
-                f"cache file {path} is unreadable ({type(err).__name__}: {err}); "
+                f"cache file {path} is unreadable ({reason(err)}); "
                 "delete it and run again to recompute it"
             ) from None
         if not isinstance(payload, dict) or payload.get("key") != key:
@@ -106,3 +166,28 @@ class TensorCache:
                 "delete it and run again to recompute it"
             )
         return payload["value"]
+
+
+TEMPORARY = re.compile(r"\.tmp(\d+)$")
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Delete the `*.tmp<pid>` files in `root` whose writing process no longer runs."""
+    try:
+        candidates = [path for path in root.iterdir() if TEMPORARY.search(path.name)]
+    except OSError:  # no folder yet (or not a folder: the first write says so)
+        return
+    for path in candidates:
+        if not _process_alive(int(TEMPORARY.search(path.name).group(1))):
+            log.info("removing %s, left by a run that was stopped while writing", path)
+            path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -19,3 +19,12 @@ def refuse(err: ConfigError) -> NoReturn:
     """End the command with the error's one-line message and exit code 2 (no traceback)."""
     print(f"error: {err}", file=sys.stderr)
     raise SystemExit(2) from None
+
+
+def reason(err: BaseException) -> str:
+    """What went wrong in `err`, as one short line for a user-facing message: an OS error's
+    text ("No space left on device"), else its type and first sentence."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    message = " ".join(str(err).split()).split(". ")[0]
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__

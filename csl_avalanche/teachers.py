@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.fit import fit_classifier, predict
 from csl_avalanche.hierarchy import Hierarchy
 
@@ -41,8 +42,9 @@ def train_teachers(
     for index, members in enumerate(tqdm(subdomains, desc="weak teachers", leave=False)):
         subset = torch.isin(units, torch.tensor(members)).nonzero().flatten()
         if not len(subset):
-            raise ValueError(
-                f"teacher {index} (subdomain {list(members)}) has no training examples"
+            raise ConfigError(
+                f"teacher {index} (subdomain {list(members)}) has no training examples: the "
+                "teacher training split holds none of its subdomain; give it more data"
             )
         torch.manual_seed(seed + index)
         teachers.append(

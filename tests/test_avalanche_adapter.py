@@ -20,7 +20,7 @@ from csl_avalanche.avalanche_adapter import (
     pairwise_groups,
     stream_tensors,
 )
-from csl_avalanche.cache import TensorCache
+from csl_avalanche.cache import InvalidValueError, TensorCache
 from csl_avalanche.data.pipeline import Budget
 from csl_avalanche.models import linear_probe
 from csl_avalanche.strategies import CSLStrategy
@@ -160,6 +160,18 @@ def test_supplied_models(tmp_path):
         features_from_avalanche(bench, backbone=backbone, teachers=teachers[:2], cache=tmp_path)
     with pytest.raises(AvalancheAdapterError, match="exactly one of backbone= and make_backbone="):
         features_from_avalanche(bench, teachers=teachers, cache=tmp_path)
+
+
+def test_a_backbone_with_nan_outputs_is_refused_and_not_cached(tmp_path):
+    bench = split_benchmark()
+    backbone = mlp()
+    with torch.no_grad():
+        backbone[0].bias[3] = float("nan")
+    teachers = [linear_teacher() for _ in range(6)]
+    message = r"embeddings\['pool'\] holds NaN at index \[0, 0, 3\].*check their weights"
+    with pytest.raises(InvalidValueError, match=message):
+        features_from_avalanche(bench, backbone=backbone, teachers=teachers, cache=tmp_path)
+    assert not list(tmp_path.glob("embeddings-*"))
 
 
 def test_supplied_backbone_with_trained_teachers(tmp_path):

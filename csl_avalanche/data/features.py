@@ -10,6 +10,12 @@ With a fine-tuned student (`student.finetune=true` on the image benchmarks) `tra
 in [0, 1]): the student network normalises and augments them itself. Features files always
 hold embeddings.
 
+A features file may store its tensors in any floating-point dtype (float16, bfloat16, float64)
+and its labels and domains in any integer dtype: they are converted on loading to float32 and
+int64, what the linear probe and the losses compute in (a converted tensor is a copy in memory;
+float32 tensors stay memory-mapped). Every value is checked: no NaN or Inf in the embeddings,
+and teacher probabilities that are probabilities (non-negative rows summing to 1).
+
 Subdomains are usually class sets. When they are input domains instead (DomainNet: a sketch
 specialist knows every class, but only sketches), the optional `train_domains`/`test_domains`
 give each sample's domain and `subdomains` lists domain indices: the hierarchy then partitions
@@ -18,13 +24,15 @@ domains, and the test stream is split by domain.
 
 from __future__ import annotations
 
+import codecs
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.data.checks import SAMPLE_AXES, finite_fault, probability_fault
+from csl_avalanche.errors import ConfigError, reason
 from csl_avalanche.hierarchy import Hierarchy, HierarchyError
 
 
@@ -78,11 +86,13 @@ class FeatureSet:
         """True when the student inputs are images [N, 3, H, W] (a fine-tuned student)."""
         return self.train_x.dim() == 4
 
-    def validate(self, *, images: bool = True) -> FeatureSet:
+    def validate(self, *, images: bool = True, values: bool = True) -> FeatureSet:
         """Check every shape, dtype and index; raise FeaturesFileError naming what disagrees.
 
         `images=False` (features files) requires embeddings [N, D]; otherwise the student
-        inputs may also be images [N, 3, H, W], uint8 or floating point.
+        inputs may also be images [N, 3, H, W], uint8 or floating point. `values` also reads
+        every value once (finite inputs, probabilities that are probabilities); sources whose
+        tensors the cache checked as they were computed or loaded skip that second reading.
         """
         if images and self.holds_images:
             for name in ("train_x", "test_x"):
@@ -98,6 +108,14 @@ class FeatureSet:
         d = f"D={sample[0]}" if len(sample) == 1 else f"images of {sample}"
         m = self.test_x.shape[0]
         t, _, c = self.teacher_train_probs.shape
+        if n == 0:
+            raise FeaturesFileError("train_x holds no samples (N=0): the transfer pool is empty")
+        if m == 0:
+            raise FeaturesFileError(
+                "test_x holds no samples (M=0): the test split is empty, nothing to evaluate on"
+            )
+        if c == 0:
+            raise FeaturesFileError("teacher_train_probs has C=0 classes")
         expect = {
             "train_y": (self.train_y, (n,)),
             "test_x": (self.test_x, (m, *sample)),
@@ -117,8 +135,8 @@ class FeatureSet:
                     f"{name} holds labels in [{int(labels.min())}, {int(labels.max())}], "
                     f"outside 0..{c - 1} (C={c} from the teacher probabilities)"
                 )
-        for name in ("teacher_train_probs", "teacher_test_probs"):
-            _check_probabilities(name, getattr(self, name))
+        if values:
+            self._validate_values()
         self._validate_domains(n, m)
         if len(self.subdomains) != t:
             raise FeaturesFileError(
@@ -130,6 +148,21 @@ class FeatureSet:
         except HierarchyError as err:
             raise FeaturesFileError(f"levels/subdomains: {err}") from None
         return self
+
+    def _validate_values(self) -> None:
+        """Finite student inputs; teacher outputs that are probabilities."""
+        axes = IMAGE_AXES if self.holds_images else SAMPLE_AXES
+        if fault := finite_fault("train_x", self.train_x, axes) or finite_fault(
+            "test_x", self.test_x, axes
+        ):
+            raise FeaturesFileError(f"{fault}; the student inputs must be finite numbers")
+        if fault := probability_fault(
+            "teacher_train_probs", self.teacher_train_probs
+        ) or probability_fault("teacher_test_probs", self.teacher_test_probs):
+            raise FeaturesFileError(
+                f"{fault}; teacher outputs must be probabilities, non-negative rows summing to "
+                "1 (softmax of finite logits)"
+            )
 
     def _validate_domains(self, n: int, m: int) -> None:
         if (self.train_domains is None) != (self.test_domains is None):
@@ -151,21 +184,17 @@ class FeatureSet:
 
 
 OPTIONAL_FIELDS = ("train_domains", "test_domains")
+INTEGER_FIELDS = ("train_y", "test_y", "train_domains", "test_domains")
+PROBABILITY_FIELDS = ("teacher_train_probs", "teacher_test_probs")
+IMAGE_AXES = ("image", "channel", "row", "column")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 
 
 def load_features(path: str | os.PathLike[str]) -> FeatureSet:
-    """Read and validate a features file written with `torch.save(dict)`."""
+    """Read, convert (see the module doc) and validate a features file written with
+    `torch.save(dict)`; errors name the file."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FeaturesFileError(
-            f"features file {path} not found; write one with torch.save(dict(train_x=..., "
-            "train_y=..., test_x=..., test_y=..., teacher_train_probs=..., "
-            "teacher_test_probs=..., levels=..., subdomains=...), FILE) (see the README)"
-        )
-    try:
-        raw = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as err:
-        raise FeaturesFileError(f"{path} is not a torch.save file ({err})") from None
+    raw = _load_file(path)
     names = [f.name for f in fields(FeatureSet)]
     if not isinstance(raw, dict):
         raise FeaturesFileError(f"{path} holds a {type(raw).__name__}, expected a dict")
@@ -183,7 +212,77 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
     for name, value in tensors.items():
         if not isinstance(value, torch.Tensor) and not (name in OPTIONAL_FIELDS and value is None):
             raise FeaturesFileError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
-    return FeatureSet(**tensors, levels=levels, subdomains=subdomains).validate(images=False)
+    # Probabilities are checked in the precision they were saved in, then converted: their
+    # rows sum to 1 only within that precision.
+    tensors = {
+        name: value if name in PROBABILITY_FIELDS else _standard_dtype(name, value)
+        for name, value in tensors.items()
+    }
+    try:
+        features = FeatureSet(**tensors, levels=levels, subdomains=subdomains)
+        features.validate(images=False)
+    except FeaturesFileError as err:
+        raise FeaturesFileError(f"{path}: {err}") from None
+    return replace(
+        features,
+        **{name: _standard_dtype(name, getattr(features, name)) for name in PROBABILITY_FIELDS},
+    )
+
+
+def _load_file(path: Path) -> object:
+    """What `torch.save` wrote to `path`, memory-mapped; a FeaturesFileError that says what
+    the path is otherwise (missing, a folder, empty, text, another format)."""
+    how_to_write = (
+        "write one with torch.save(dict(train_x=..., train_y=..., test_x=..., test_y=..., "
+        "teacher_train_probs=..., teacher_test_probs=..., levels=..., subdomains=...), FILE) "
+        "(see the README)"
+    )
+    if path.is_dir():
+        raise FeaturesFileError(
+            f"data.path={path} is a directory; point it at the features file ({how_to_write})"
+        )
+    if not path.is_file():
+        raise FeaturesFileError(f"features file {path} not found; {how_to_write}")
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        raise FeaturesFileError(f"features file {path} is empty (0 bytes); {how_to_write}")
+    if head.startswith(ZIP_MAGIC):
+        load = {"mmap": True}
+    elif _is_text(head):
+        first = head.decode("utf-8", errors="replace").split("\n")[0][:40]
+        raise FeaturesFileError(
+            f"{path} is not a torch.save file: it holds text (starting {first!r}); {how_to_write}"
+        )
+    else:  # the pre-1.6 format, which cannot be memory-mapped, or something else
+        load = {}
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **load)
+    except Exception as err:
+        raise FeaturesFileError(
+            f"{path} is not a torch.save file ({reason(err)}); {how_to_write}"
+        ) from None
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are printable UTF-8 (its last character may be cut)."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char in "\t\r\n" for char in text)
+
+
+def _standard_dtype(name: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """float32 for any floating-point tensor, int64 for integer labels and domains."""
+    if tensor is None:
+        return None
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        return tensor.float()
+    integer = not tensor.is_floating_point() and not tensor.is_complex()
+    if name in INTEGER_FIELDS and integer and tensor.dtype != torch.int64:
+        return tensor.long()
+    return tensor
 
 
 def save_features(features: FeatureSet, path: str | os.PathLike[str]) -> None:
@@ -213,18 +312,4 @@ def _check_images(name: str, tensor: torch.Tensor) -> None:
     if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
         raise FeaturesFileError(
             f"{name} images must be uint8 or floating point, got {tensor.dtype}"
-        )
-
-
-def _check_probabilities(name: str, probs: torch.Tensor) -> None:
-    if probs.numel() == 0:
-        return
-    sums = probs.sum(dim=2)
-    if probs.min() < 0 or (sums - 1).abs().max() > 1e-3:
-        worst = int((sums - 1).abs().flatten().argmax())
-        teacher, sample = divmod(worst, sums.shape[1])
-        raise FeaturesFileError(
-            f"{name} must hold probabilities (non-negative, each row summing to 1); "
-            f"teacher {teacher}, sample {sample} sums to {float(sums[teacher, sample]):.4f}. "
-            "Apply softmax to logits before saving"
         )

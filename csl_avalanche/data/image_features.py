@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -26,14 +27,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from csl_avalanche.cache import TensorCache, fingerprint
+from csl_avalanche.data.checks import finite_fault, nested_finite_fault, teacher_probs_fault
 from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.data.images import Images, TransformedImages
+from csl_avalanche.data.images import DatasetError, Images, TransformedImages
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.model_registry import Preprocessing, feature_extractor, preprocessing
 from csl_avalanche.teachers import teacher_probabilities, train_teachers
 
 log = logging.getLogger(__name__)
+AXES = ("image", "feature")
+TEACHERS_DIVERGED = "Weak-teacher training diverged: lower teacher.lr."
 
 
 class TeacherHeadsError(ConfigError):
@@ -57,6 +61,7 @@ class Backbone:
     model: nn.Module
     preprocessing: Preprocessing
     weights_hash: str
+    role: str  # "student" or "teacher": its config key
 
 
 def build_image_feature_set(
@@ -80,18 +85,20 @@ def build_image_feature_set(
         pool_x = extract.pixels(student.preprocessing, splits.pool)
         test_x = extract.pixels(student.preprocessing, splits.test)
     else:
-        pool_x, _ = extract.features("student-features", student, splits.pool)
-        test_x, _ = extract.features("student-features", student, splits.test)
+        pool_x, _ = extract.features("student-features", student, splits.pool, "pool")
+        test_x, _ = extract.features("student-features", student, splits.test, "test")
 
     teacher = extract.backbone(cfg.teacher, "teacher", seed)
-    pool_t, pool_key = extract.features("teacher-features", teacher, splits.pool)
-    test_t, test_key = extract.features("teacher-features", teacher, splits.test)
+    pool_t, pool_key = extract.features("teacher-features", teacher, splits.pool, "pool")
+    test_t, test_key = extract.features("teacher-features", teacher, splits.test, "test")
     if cfg.teacher.get("heads"):
         states = load_heads(cfg.teacher.heads, hierarchy.num_teachers, num_classes, pool_t.shape[1])
     else:
         if splits.teachers is None:
             raise ConfigError("this benchmark has no teacher training images: set teacher.heads")
-        train_t, train_key = extract.features("teacher-features", teacher, splits.teachers)
+        train_t, train_key = extract.features(
+            "teacher-features", teacher, splits.teachers, "teachers"
+        )
         units = splits.teachers.domains if by_domain else splits.teachers.labels
         budget = {k: cfg.teacher[k] for k in ("steps", "batch_size", "lr")}
         inputs = (train_key, splits.teachers.labels, units, hierarchy.as_lists(), budget, seed)
@@ -109,6 +116,8 @@ def build_image_feature_set(
                 extract.device,
                 seed,
             ),
+            check=lambda heads: nested_finite_fault("teacher heads", heads),
+            cause=TEACHERS_DIVERGED,
         )
     heads = [_linear_head(state).to(extract.device) for state in states]
     probs = cache.get_or_compute(
@@ -118,6 +127,9 @@ def build_image_feature_set(
             "pool": teacher_probabilities(heads, pool_t).cpu(),
             "test": teacher_probabilities(heads, test_t).cpu(),
         },
+        check=teacher_probs_fault,
+        cause="The teacher heads overflow on these features; check teacher.heads or lower "
+        "teacher.lr.",
     )
     log.info(
         "image features ready in %.1f s: %d cached tensors reused, %d computed",
@@ -137,7 +149,7 @@ def build_image_feature_set(
         subdomains=subdomains,
         train_domains=splits.pool.domains,
         test_domains=splits.test.domains,
-    ).validate()
+    ).validate(values=False)  # the cache checked every value
 
 
 class _Extractor:
@@ -163,15 +175,22 @@ class _Extractor:
             key=key,
         )
         prep = preprocessing(model_cfg.arch, model, image_size, self.data.get("crop_pct"))
-        return Backbone(model, prep, fingerprint(model))
+        return Backbone(model, prep, fingerprint(model), key)
 
-    def features(self, name: str, backbone: Backbone, images: Images) -> tuple[torch.Tensor, str]:
-        """Pooled features [N, D] of `images` and their cache key."""
+    def features(
+        self, name: str, backbone: Backbone, images: Images, part: str
+    ) -> tuple[torch.Tensor, str]:
+        """Pooled features [N, D] of `images` (the `part` split) and their cache key."""
         key = fingerprint(
             name, backbone.weights_hash, backbone.preprocessing.as_dict(), images.identity()
         )
         value = self.cache.get_or_compute(
-            name, key, lambda: self._extract(backbone, images, f"{name} ({len(images)} images)")
+            name,
+            key,
+            lambda: self._extract(backbone, images, f"{name} ({len(images)} images)"),
+            check=lambda features: finite_fault(f"{name} of the {part} images", features, AXES),
+            cause=f"The {backbone.role} backbone outputs non-finite features: check its "
+            f"weights ({backbone.role}.checkpoint, {backbone.role}.pretrained).",
         )
         return value, key
 
@@ -205,7 +224,21 @@ class _Extractor:
             num_workers=int(self.data.get("num_workers") or 0),
             pin_memory=self.device.type == "cuda",
         )
-        yield from tqdm(loader, desc=desc, disable=not self.progress, leave=False)
+        try:
+            yield from tqdm(loader, desc=desc, disable=not self.progress, leave=False)
+        except DatasetError as err:
+            # A worker's error holds the loader in a reference cycle through its traceback:
+            # clearing the frames stops the workers now, not at some later garbage collection.
+            traceback.clear_frames(err.__traceback__)
+            raise DatasetError(_worker_message(str(err))) from None
+
+
+def _worker_message(message: str) -> str:
+    """The one-line message of an error raised in a DataLoader worker process: PyTorch re-raises
+    it here with the worker's traceback in its message, the original message on its last line
+    (`module.DatasetError: message`)."""
+    lines = message.strip().splitlines()
+    return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else message
 
 
 def _train_heads(
@@ -270,4 +303,6 @@ def load_heads(path: str, num_teachers: int, num_classes: int, dim: int) -> list
                 f"{where}: head {index} must be {{'weight': [{num_classes}, {dim}], "
                 f"'bias': [{num_classes}]}} (classes x teacher features), got {shapes}"
             )
+    if fault := nested_finite_fault("heads", heads):
+        raise TeacherHeadsError(f"{where}: {fault}; the heads must hold finite weights")
     return [dict(state) for state in heads]

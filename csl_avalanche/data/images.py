@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from csl_avalanche.data.splits import stratified_split
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.data.splits import first_short_class, min_class_size, stratified_split
+from csl_avalanche.errors import ConfigError, reason
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -41,8 +41,19 @@ class ImageFiles:
         return len(self.paths)
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(self.root / self.paths[index]) as image:
-            return image.convert("RGB")
+        path = self.root / self.paths[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except Exception as err:  # PIL's decoders raise many types on damaged files
+            raise DatasetError(
+                f"cannot read image {path} ({reason(err)}); replace or delete the file"
+            ) from None
+
+    def describe_class(self, rows: torch.Tensor) -> str:
+        """The folder that holds the images `rows` (of one class): 'class folder ROOT/cat'."""
+        parents = [os.path.dirname(self.paths[int(i)]) for i in rows]
+        return f"class folder {self.root / os.path.commonpath(parents)}"
 
     def identity(self) -> str:
         """A hash of every file's relative path, size and mtime: changes when any file does."""
@@ -75,6 +86,10 @@ class ImageArrays:
 
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.pixels[index]).convert("RGB")
+
+    def describe_class(self, rows: torch.Tensor) -> str:
+        """The class of the images `rows`: 'class 17'."""
+        return f"class {int(self.labels[rows[0]])}"
 
     def identity(self) -> str:
         digest = hashlib.sha256(f"{self.pixels.shape}{self.pixels.dtype}".encode())
@@ -125,6 +140,15 @@ def split_images(
         split = stratified_split(strata, fractions, seed)
     except ValueError as err:
         raise ConfigError(f"{what}: {err}") from None
+    if short := first_short_class(strata, fractions):
+        stratum, count = short
+        where = images.describe_class((strata == stratum).nonzero().flatten())
+        raise DatasetError(
+            f"{what}: {where} holds {count} image{'s' * (count != 1)}, too few for "
+            f"{what}={fractions}: each of {', '.join(fractions)} must get at least one of "
+            f"them, which needs at least {min_class_size(fractions)} images; add images or "
+            f"change {what}"
+        )
     return {name: images.subset(index) for name, index in split.items()}
 
 

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from csl_avalanche.cache import TensorCache, fingerprint
+from csl_avalanche.data.checks import embeddings_fault, nested_finite_fault, teacher_probs_fault
 from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.data.splits import stratified_split
+from csl_avalanche.data.splits import first_short_class, min_class_size, stratified_split
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.fit import fit_classifier, predict
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.teachers import teacher_probabilities, train_teachers
@@ -46,12 +48,24 @@ class SplitData:
 def split_tensors(
     x: torch.Tensor, y: torch.Tensor, fractions: dict[str, float], seed: int
 ) -> SplitData:
-    """Stratified, seeded split into the four parts named by SplitData."""
-    parts = stratified_split(y, fractions, seed)
+    """Stratified, seeded split into the four parts named by SplitData, each holding every
+    class (`fractions` is `benchmark.splits`)."""
     expected = {"pretrain", "teachers", "pool", "test"}
-    if set(parts) != expected:
-        raise KeyError(
-            f"benchmark.splits must name exactly {sorted(expected)}, got {sorted(parts)}"
+    if set(fractions) != expected:
+        raise ConfigError(
+            f"benchmark.splits must name exactly {sorted(expected)}, got {sorted(fractions)}"
+        )
+    try:
+        parts = stratified_split(y, fractions, seed)
+    except ValueError as err:
+        raise ConfigError(f"benchmark.splits: {err}") from None
+    if short := first_short_class(y, fractions):
+        label, count = short
+        raise ConfigError(
+            f"benchmark.splits: class {label} has {count} samples, too few for "
+            f"benchmark.splits={fractions}: each of {', '.join(fractions)} must get at least "
+            f"one of them, which needs at least {min_class_size(fractions)}; raise the "
+            "smallest fraction"
         )
     return SplitData(**{name: (x[idx], y[idx]) for name, idx in parts.items()})
 
@@ -88,6 +102,8 @@ def build_feature_set(
         "embeddings",
         embed_key,
         lambda: {"pool": predict(backbone, data.pool[0]), "test": predict(backbone, data.test[0])},
+        check=embeddings_fault,
+        cause="The pretrained student backbone overflows on these inputs.",
     )
     teachers = trained_teachers(
         make_teacher, teacher_budget, data.teachers, hierarchy, teacher_config, cache, seed
@@ -100,6 +116,8 @@ def build_feature_set(
             "pool": teacher_probabilities(teachers, data.pool[0]),
             "test": teacher_probabilities(teachers, data.test[0]),
         },
+        check=teacher_probs_fault,
+        cause="The weak teachers overflow on these inputs.",
     )
     levels, subdomains = hierarchy.teacher_lists()
     return FeatureSet(
@@ -111,7 +129,7 @@ def build_feature_set(
         teacher_test_probs=probs["test"],
         levels=levels,
         subdomains=subdomains,
-    ).validate()
+    ).validate(values=False)  # the cache checked every value
 
 
 def pretrained_backbone(
@@ -148,7 +166,15 @@ def pretrained_backbone(
 
     key = fingerprint("backbone", data, config, budget, seed)
     backbone = make_backbone()
-    backbone.load_state_dict(cache.get_or_compute("backbone", key, pretrain))
+    state = cache.get_or_compute(
+        "backbone",
+        key,
+        pretrain,
+        check=lambda weights: nested_finite_fault("backbone weights", weights),
+        cause="Pretraining the student backbone diverged: lower its learning rate "
+        "(student.pretrain.lr).",
+    )
+    backbone.load_state_dict(state)
     return backbone.eval()
 
 
@@ -180,7 +206,14 @@ def trained_teachers(
 
     key = fingerprint("teachers", data, hierarchy.as_lists(), config, budget, seed)
     teachers = []
-    for state in cache.get_or_compute("teachers", key, train):
+    states = cache.get_or_compute(
+        "teachers",
+        key,
+        train,
+        check=lambda weights: nested_finite_fault("teacher weights", weights),
+        cause="Weak-teacher training diverged: lower the teachers' learning rate (teacher.lr).",
+    )
+    for state in states:
         teacher = make_teacher()
         teacher.load_state_dict(state)
         teachers.append(teacher.eval())

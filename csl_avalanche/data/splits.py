@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -22,10 +23,41 @@ def stratified_split(
     for cls in torch.unique(labels):
         members = torch.nonzero(labels == cls).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        start, cumulative = 0, 0.0
-        for name, fraction in fractions.items():
-            cumulative += fraction
-            stop = round(cumulative * len(members))
-            parts[name].append(members[start:stop])
-            start = stop
+        start = 0
+        for name, size in part_sizes(len(members), fractions).items():
+            parts[name].append(members[start : start + size])
+            start += size
     return {name: torch.cat(chunks).sort().values for name, chunks in parts.items()}
+
+
+def part_sizes(count: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """How many of a class's `count` samples each part gets (rounded; the rest is unused)."""
+    sizes, start, cumulative = {}, 0, 0.0
+    for name, fraction in fractions.items():
+        cumulative += fraction
+        stop = round(cumulative * count)
+        sizes[name] = stop - start
+        start = stop
+    return sizes
+
+
+def min_class_size(fractions: Mapping[str, float]) -> int:
+    """The smallest count from which on every part gets at least one sample of a class."""
+    # From 2 / (smallest fraction) on, each part's share is >= 2 and rounding moves each of
+    # its bounds by at most 1/2; below that, rounding can leave a part empty.
+    needed = math.ceil(2 / min(fractions.values()))
+    while needed > 1 and min(part_sizes(needed - 1, fractions).values()) > 0:
+        needed -= 1
+    return needed
+
+
+def first_short_class(
+    labels: torch.Tensor, fractions: Mapping[str, float]
+) -> tuple[int, int] | None:
+    """(label, count) of the first class too small for every part to get one of its samples,
+    or None."""
+    values, counts = torch.unique(labels, return_counts=True)
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        if min(part_sizes(count, fractions).values()) == 0:
+            return value, count
+    return None
