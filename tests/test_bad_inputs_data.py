@@ -316,8 +316,19 @@ def test_bad_cache_entry_names_its_file(tmp_path, digits_cache, entry, damage, p
     assert_clean_error(outcome, f"cache file {path}", *phrases, "delete it")
 
 
-def test_a_diverged_backbone_is_refused_and_not_cached(tmp_path):
-    outcome = cli(tmp_path / "run", *DIGITS, "student.pretrain.lr=1e20")
+def test_a_diverged_backbone_is_refused_and_not_cached(tmp_path, monkeypatch):
+    import csl_avalanche.data.pipeline as pipeline
+
+    def diverge(model, *args, **kwargs):  # as a too-large learning rate would
+        model = fit_classifier(model, *args, **kwargs)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(float("nan"))
+        return model
+
+    fit_classifier = pipeline.fit_classifier
+    monkeypatch.setattr(pipeline, "fit_classifier", diverge)
+    outcome = cli(tmp_path / "run", *DIGITS)
     assert_clean_error(
         outcome,
         "computed backbone: backbone weights['0.weight'] holds NaN at index [0, 0]",
