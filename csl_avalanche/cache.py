@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from csl_avalanche.atomic import remove_stale_temporaries, write_atomically
 from csl_avalanche.errors import ConfigError, reason
 
 log = logging.getLogger(__name__)
@@ -138,14 +138,9 @@ class TensorCache:
         self._writable = True
 
     def _write(self, path: Path, payload: dict) -> None:
-        """Write atomically: into a temporary file named after this process, then renamed; a
-        failed write removes its temporary file."""
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
+            write_atomically(path, lambda file: torch.save(payload, file))
         except (OSError, RuntimeError) as err:  # torch.save reports write errors as either
-            tmp.unlink(missing_ok=True)
             raise CacheError(
                 f"cannot write to the cache folder {self.root} ({reason(err)}); set "
                 "cache_dir= to a writable folder with free space, or free space on its disk"
@@ -166,28 +161,3 @@ class TensorCache:
                 "delete it and run again to recompute it"
             )
         return payload["value"]
-
-
-TEMPORARY = re.compile(r"\.tmp(\d+)$")
-
-
-def remove_stale_temporaries(root: Path) -> None:
-    """Delete the `*.tmp<pid>` files in `root` whose writing process no longer runs."""
-    try:
-        candidates = [path for path in root.iterdir() if TEMPORARY.search(path.name)]
-    except OSError:  # no folder yet (or not a folder: the first write says so)
-        return
-    for path in candidates:
-        if not _process_alive(int(TEMPORARY.search(path.name).group(1))):
-            log.info("removing %s, left by a run that was stopped while writing", path)
-            path.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True

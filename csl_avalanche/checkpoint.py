@@ -28,8 +28,9 @@ from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData
 
+from csl_avalanche.atomic import write_atomically
 from csl_avalanche.benchmark import labelled_dataset
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.errors import ConfigError, reason
 from csl_avalanche.loader import materialize
 
 CLOCK_FIELDS = (
@@ -42,19 +43,13 @@ CLOCK_FIELDS = (
 )
 
 
-def write_atomically(payload: dict, path: Path) -> None:
-    """torch.save to a temporary file, flushed to disk, then renamed over `path`: a kill at
-    any moment leaves either the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def write_checkpoint(state: dict, path: Path) -> None:
     try:
-        with open(tmp, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write the checkpoint {path} ({err.strerror or err})") from None
+        write_atomically(path, lambda file: torch.save(state, file))
+    except (OSError, RuntimeError) as err:  # torch.save reports write errors as either
+        raise ConfigError(
+            f"cannot write the checkpoint {path} ({reason(err)}); free space on its disk"
+        ) from None
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import statistics
 import time
@@ -25,12 +24,13 @@ from avalanche.training.plugins import EvaluationPlugin
 from omegaconf import DictConfig, OmegaConf
 
 import csl_avalanche.data  # noqa: F401 - registers the benchmark sources
+from csl_avalanche.atomic import write_atomically
 from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.cosupervision import pgr, pgr_note
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.registry import build_features
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.errors import ConfigError, reason
 from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric, SubdomainForgettingMetric
 from csl_avalanche.model_registry import image_student
 from csl_avalanche.models import linear_probe
@@ -146,7 +146,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "device": str(device),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json_atomically(run_dir / RESULTS, results)
+    write_results(run_dir / RESULTS, results)
     progress.finish(results)
     return results
 
@@ -157,14 +157,17 @@ def missing_classes(features: FeatureSet) -> list[int]:
     return [c for c in range(features.num_classes) if c not in present]
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_results(path: Path, results: dict) -> None:
+    """results.json, written atomically. If that fails (a full disk), nothing is lost: every
+    level is in the checkpoint, and rerunning the same command writes the file."""
+    text = json.dumps(results, indent=2).encode()
     try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_atomically(path, lambda file: file.write(text))
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write {path} ({reason(err)}); the results are kept in the run's "
+            "checkpoint: free space and run the same command again to write the file"
+        ) from None
 
 
 def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int) -> float:

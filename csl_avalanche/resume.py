@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from csl_avalanche.atomic import remove_stale_temporaries
 from csl_avalanche.checkpoint import (
     load_strategy_state,
     log_sizes,
@@ -27,7 +28,7 @@ from csl_avalanche.checkpoint import (
     rng_state,
     set_rng_state,
     strategy_state,
-    write_atomically,
+    write_checkpoint,
 )
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.settings import RESULTS, TENSORBOARD
@@ -81,6 +82,7 @@ class RunProgress:
     @classmethod
     def open(cls, cfg: DictConfig, run_dir: Path) -> RunProgress:
         progress = cls(run_dir, compared_config(cfg))
+        remove_stale_temporaries(run_dir)  # a checkpoint or results.json cut off by a kill
         if not cfg.get("resume", True):
             progress._move_aside("resume=false")
             return progress
@@ -152,7 +154,7 @@ class RunProgress:
             _flush(logger)
         self.state["rng"] = rng_state()
         self.state["logs"] = log_sizes(self._log_folders())
-        write_atomically(self.state, self.path)
+        write_checkpoint(self.state, self.path)
 
     def _log_folders(self) -> list[Path]:
         root = self.run_dir / TENSORBOARD

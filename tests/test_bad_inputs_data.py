@@ -229,9 +229,9 @@ def test_bad_tensor_splits(tmp_path, override, phrases):
 # --- the cache ---------------------------------------------------------------------------
 
 
-def no_space(obj, path, *args, **kwargs):
+def no_space(obj, file, *args, **kwargs):
     """torch.save on a full disk: part of the file is written, then the write fails."""
-    Path(path).write_bytes(b"PK\x03\x04partial")
+    file.write(b"PK\x03\x04partial")
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 

@@ -16,7 +16,7 @@ from csl_avalanche.checkpoint import (
     rng_state,
     set_rng_state,
     strategy_state,
-    write_atomically,
+    write_checkpoint,
 )
 from csl_avalanche.metrics import SubdomainForgettingMetric
 from csl_avalanche.models import linear_probe
@@ -56,7 +56,7 @@ def test_a_restored_strategy_trains_the_next_level_identically(tiny_features, tm
     original.train(benchmark.train_stream[0], eval_streams=[])
     original.eval(benchmark.test_stream)
     path = tmp_path / "checkpoint.pt"
-    write_atomically({"strategy": strategy_state(original), "rng": rng_state()}, path)
+    write_checkpoint({"strategy": strategy_state(original), "rng": rng_state()}, path)
     original.train(benchmark.train_stream[1], eval_streams=[])
     original.eval(benchmark.test_stream)
 
