@@ -21,6 +21,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 
 from csl_avalanche import cosupervision as cs
 from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy
 
 
@@ -125,7 +126,10 @@ def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
     for index, subdomain in enumerate(hierarchy.finest):
         members = torch.isin(test_units, torch.tensor(subdomain))
         if not members.any():
-            raise ValueError(f"the test split has no samples of finest subdomain {list(subdomain)}")
+            raise ConfigError(
+                f"the test split has no samples of finest subdomain {list(subdomain)}, so its "
+                "accuracy cannot be measured; give every finest subdomain test samples"
+            )
         test.append(
             DatasetExperience(
                 dataset=labelled_dataset(features.test_x[members], features.test_y[members]),

@@ -68,6 +68,17 @@ def assign_teachers(
     raise ValueError(f"unknown assignment rule {rule!r}; choose one of {ASSIGNMENT_RULES}")
 
 
+def assignment_fault(rule: str, *, by_domain: bool) -> str | None:
+    """Why `rule` cannot assign teachers whose subdomains are input domains, or None."""
+    if rule == "class_partition" and by_domain:
+        return (
+            "strategy.assignment=class_partition routes samples by predicted class, but this "
+            "benchmark's subdomains are input domains (every teacher knows every class); "
+            "use strategy.assignment=likelihood or kl"
+        )
+    return None
+
+
 def gather_targets(teacher_probs: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
     """t_i = q_{i z_i}: each sample's assigned teacher's class probabilities, [N, C]."""
     n = teacher_probs.shape[0]

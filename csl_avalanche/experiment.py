@@ -89,7 +89,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
 
     features = build_features(cfg, TensorCache(cfg.cache_dir), seed)
     check_against_data(
-        cfg, pool_size=len(features.train_y), num_levels=features.hierarchy.num_levels
+        cfg,
+        pool_size=len(features.train_y),
+        num_levels=features.hierarchy.num_levels,
+        by_domain=features.by_domain,
     )
     benchmark = make_csl_benchmark(features)
     weak = teacher_test_accuracy(benchmark, teacher=0)

@@ -201,10 +201,15 @@ def check_plugin_settings(plugins: Mapping[str, Mapping[str, Any]] | None) -> No
             )
 
 
-def check_against_data(cfg: DictConfig, *, pool_size: int, num_levels: int) -> None:
+def check_against_data(
+    cfg: DictConfig, *, pool_size: int, num_levels: int, by_domain: bool = False
+) -> None:
     """The settings that depend on the data, checked once the features are built and before
-    any training: one training batch fits in the pool (every level trains on at least one),
-    and a per-level list of LwF weights has one for every level."""
+    any training: one training batch fits in the pool (every level trains on at least one), a
+    per-level list of LwF weights has one for every level, and the assignment rule suits the
+    subdomains (classes, or input domains)."""
+    if fault := cs.assignment_fault(cfg.strategy.assignment, by_domain=by_domain):
+        raise ConfigError(fault)
     batch_size = cfg.strategy.batch_size
     if pool_size == 0:
         raise ConfigError(

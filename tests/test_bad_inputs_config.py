@@ -343,3 +343,19 @@ def test_check_settings_is_also_the_library_entry_check(tmp_path):
         cfg = compose("config", ["strategy.batch_size=0"])
     with pytest.raises(ConfigError, match="strategy.batch_size must be a whole number >= 1"):
         run_experiment(cfg, tmp_path / "run")
+
+
+def test_assignment_by_class_on_domain_subdomains_is_refused_before_the_ceiling(tmp_path):
+    from test_domain_subdomains import domain_feature_set
+
+    path = tmp_path / "domains.pt"
+    save_features(domain_feature_set(), path)
+    outcome = cli(
+        tmp_path / "run",
+        "benchmark=features",
+        f"data.path={path}",
+        "strategy.assignment=class_partition",
+        "strategy.batch_size=8",
+    )
+    assert_clean_error(outcome, "strategy.assignment=class_partition", "input domains", "kl")
+    assert "ceiling: training" not in outcome.out + outcome.err

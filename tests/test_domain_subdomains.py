@@ -70,8 +70,7 @@ def test_assignment_by_class_is_rejected_and_the_oracle_uses_domains():
     probs = features.teacher_train_probs[1:].permute(1, 0, 2)
     owner = features.hierarchy.class_to_teacher(1)
     units = features.units("train")
-    plugin = CoSupervisionPlugin(features, assignment="class_partition")
     with pytest.raises(ConfigError, match="use strategy.assignment=likelihood or kl"):
-        plugin._assign(logits, probs, owner, units)
+        CoSupervisionPlugin(features, assignment="class_partition")  # refused when built
     oracle = CoSupervisionPlugin(features, assignment="oracle")
     assert torch.equal(oracle._assign(logits, probs, owner, units), features.train_domains)

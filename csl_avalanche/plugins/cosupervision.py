@@ -72,6 +72,8 @@ class CoSupervisionPlugin(SupervisedPlugin):
             cs.topk_of(denoise)  # validates the criterion now rather than at level 1
         except ValueError as err:
             raise ConfigError(f"strategy.denoise: {err}") from None
+        if fault := cs.assignment_fault(assignment, by_domain=features.by_domain):
+            raise ConfigError(fault)
         self.features = features
         self.hierarchy = features.hierarchy
         self.assignment = assignment
@@ -173,12 +175,6 @@ class CoSupervisionPlugin(SupervisedPlugin):
         sample's true unit, given for the `oracle` rule only (None otherwise)."""
         if self.assignment == "ensemble":
             return None
-        if self.assignment == "class_partition" and self.features.by_domain:
-            raise ConfigError(
-                "strategy.assignment=class_partition routes samples by predicted class, but this "
-                "benchmark's subdomains are input domains (every teacher knows every class); "
-                "use strategy.assignment=likelihood or kl"
-            )
         return cs.assign_teachers(
             logits, probs, self.assignment, class_to_teacher=owner, targets=oracle_units
         )
