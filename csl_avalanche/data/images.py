@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from csl_avalanche.data.splits import first_short_class, min_class_size, stratified_split
+from csl_avalanche.data.splits import checked_split
 from csl_avalanche.errors import ConfigError, reason
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -130,25 +130,15 @@ def split_images(
     `fractions` maps each part's name to its fraction of every class; `what` names the config
     key in errors.
     """
-    fractions = {name: float(value) for name, value in fractions.items()}
-    if set(fractions) != set(parts):
-        raise ConfigError(f"{what} must name exactly {sorted(parts)}, got {sorted(fractions)}")
     strata = images.labels
     if images.domains is not None:  # stratify by (domain, class)
         strata = images.domains * (int(images.labels.max()) + 1) + images.labels
-    try:
-        split = stratified_split(strata, fractions, seed)
-    except ValueError as err:
-        raise ConfigError(f"{what}: {err}") from None
-    if short := first_short_class(strata, fractions):
-        stratum, count = short
+
+    def describe(stratum: int, count: int) -> str:
         where = images.describe_class((strata == stratum).nonzero().flatten())
-        raise DatasetError(
-            f"{what}: {where} holds {count} image{'s' * (count != 1)}, too few for "
-            f"{what}={fractions}: each of {', '.join(fractions)} must get at least one of "
-            f"them, which needs at least {min_class_size(fractions)} images; add images or "
-            f"change {what}"
-        )
+        return f"{where} holds {count} image{'s' * (count != 1)}"
+
+    split = checked_split(strata, fractions, seed, what=what, parts=parts, describe=describe)
     return {name: images.subset(index) for name, index in split.items()}
 
 

@@ -17,8 +17,7 @@ from torch import nn
 from csl_avalanche.cache import TensorCache, fingerprint
 from csl_avalanche.data.checks import embeddings_fault, nested_finite_fault, teacher_probs_fault
 from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.data.splits import first_short_class, min_class_size, stratified_split
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.data.splits import checked_split
 from csl_avalanche.fit import fit_classifier, predict
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.teachers import teacher_probabilities, train_teachers
@@ -50,23 +49,14 @@ def split_tensors(
 ) -> SplitData:
     """Stratified, seeded split into the four parts named by SplitData, each holding every
     class (`fractions` is `benchmark.splits`)."""
-    expected = {"pretrain", "teachers", "pool", "test"}
-    if set(fractions) != expected:
-        raise ConfigError(
-            f"benchmark.splits must name exactly {sorted(expected)}, got {sorted(fractions)}"
-        )
-    try:
-        parts = stratified_split(y, fractions, seed)
-    except ValueError as err:
-        raise ConfigError(f"benchmark.splits: {err}") from None
-    if short := first_short_class(y, fractions):
-        label, count = short
-        raise ConfigError(
-            f"benchmark.splits: class {label} has {count} samples, too few for "
-            f"benchmark.splits={fractions}: each of {', '.join(fractions)} must get at least "
-            f"one of them, which needs at least {min_class_size(fractions)}; raise the "
-            "smallest fraction"
-        )
+    parts = checked_split(
+        y,
+        fractions,
+        seed,
+        what="benchmark.splits",
+        parts=("pretrain", "teachers", "pool", "test"),
+        describe=lambda label, count: f"class {label} has {count} samples",
+    )
     return SplitData(**{name: (x[idx], y[idx]) for name, idx in parts.items()})
 
 

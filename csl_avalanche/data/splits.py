@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import torch
+
+from csl_avalanche.errors import ConfigError
 
 
 def stratified_split(
@@ -61,3 +63,32 @@ def first_short_class(
         if min(part_sizes(count, fractions).values()) == 0:
             return value, count
     return None
+
+
+def checked_split(
+    strata: torch.Tensor,
+    fractions: Mapping[str, float],
+    seed: int,
+    *,
+    what: str,
+    parts: Collection[str],
+    describe: Callable[[int, int], str],
+) -> dict[str, torch.Tensor]:
+    """`stratified_split` of a benchmark's data, checked for the user: `fractions` (the config
+    key `what`) names exactly `parts`, and every stratum is large enough for each part to get
+    one of its samples. `describe(stratum, count)` words a stratum that is too small ("class 7
+    has 5 samples"); the ConfigError says how many it needs."""
+    fractions = {name: float(value) for name, value in fractions.items()}
+    if set(fractions) != set(parts):
+        raise ConfigError(f"{what} must name exactly {sorted(parts)}, got {sorted(fractions)}")
+    try:
+        split = stratified_split(strata, fractions, seed)
+    except ValueError as err:
+        raise ConfigError(f"{what}: {err}") from None
+    if short := first_short_class(strata, fractions):
+        raise ConfigError(
+            f"{what}: {describe(*short)}, too few for {what}={fractions}: each of "
+            f"{', '.join(fractions)} must get at least one of them, which needs at least "
+            f"{min_class_size(fractions)}; add samples or raise the smallest fraction"
+        )
+    return split
