@@ -87,10 +87,13 @@ def single_threaded(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def run_cli(run_dir: Path, *overrides: str, cache_dir: Path | None = None) -> dict:
-    """Run `python -m csl_avalanche.run` in a subprocess; return its results.json."""
+CLI_ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def cli_command(run_dir: Path, *overrides: str, cache_dir: Path | None = None) -> list[str]:
+    """`python -m csl_avalanche.run` writing into run_dir (cache beside it unless given)."""
     cache = cache_dir or run_dir.parent / "cache"
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "csl_avalanche.run",
@@ -99,8 +102,12 @@ def run_cli(run_dir: Path, *overrides: str, cache_dir: Path | None = None) -> di
         "progress=false",
         *overrides,
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=run_dir.parent)
+
+
+def run_cli(run_dir: Path, *overrides: str, cache_dir: Path | None = None) -> dict:
+    """Run `python -m csl_avalanche.run` in a subprocess; return its results.json."""
+    cmd = cli_command(run_dir, *overrides, cache_dir=cache_dir)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=CLI_ENV, cwd=run_dir.parent)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     return json.loads((run_dir / "results.json").read_text())

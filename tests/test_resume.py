@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import assert_clean_error, cli, run_cli
+from conftest import CLI_ENV, assert_clean_error, cli, cli_command, run_cli
 
 import csl_avalanche.experiment as experiment
 from csl_avalanche.resume import CHECKPOINT, config_differences
@@ -89,16 +87,7 @@ def test_sigkill_after_level_1_then_rerun_continues_without_retraining(tmp_path)
     expected = run_cli(tmp_path / "whole", *overrides, cache_dir=cache)
 
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "csl_avalanche.run",
-        f"hydra.run.dir={run_dir}",
-        f"cache_dir={cache}",
-        "progress=false",
-        *overrides,
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command, env = cli_command(run_dir, *overrides, cache_dir=cache), CLI_ENV
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
