@@ -5,6 +5,10 @@ stream after every level.
 A level's `pgr` is null where it would not mean what it says (`cosupervision.pgr_note`: the
 ceiling is not above the weak accuracy, a class has no pool samples, or no training step ran);
 that level then also holds `pgr_note`, the reason.
+
+Under torchrun (`csl_avalanche.distributed`) every rank runs this same sequence: the cache, the
+training steps and the checkpoints are shared out as that module says; only rank 0 writes
+TensorBoard logs and results.json, and every rank returns rank 0's results.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from avalanche.training.plugins import EvaluationPlugin
 from omegaconf import DictConfig, OmegaConf
 
 import csl_avalanche.data  # noqa: F401 - registers the benchmark sources
+from csl_avalanche import distributed
 from csl_avalanche.atomic import write_atomically
 from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
-from csl_avalanche.cache import TensorCache
 from csl_avalanche.cosupervision import pgr, pgr_note
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.registry import build_features
@@ -44,6 +48,7 @@ from csl_avalanche.settings import (
     check_output_dir,
     check_settings,
 )
+from csl_avalanche.shared_cache import SharedTensorCache
 from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     same folder continues after the last completed unit (`csl_avalanche.resume`).
     """
     check_settings(cfg)
+    distributed.check_world(cfg)
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = RunProgress.open(cfg, run_dir)
@@ -87,7 +93,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(seed)
     device = resolve_device(cfg.device)
 
-    features = build_features(cfg, TensorCache(cfg.cache_dir), seed)
+    features = build_features(cfg, SharedTensorCache(cfg.cache_dir), seed)
     check_against_data(
         cfg,
         pool_size=len(features.train_y),
@@ -147,11 +153,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         },
         "seed": seed,
         "device": str(device),
+        "world_size": distributed.world_size(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_results(run_dir / RESULTS, results)
+    distributed.main_only(lambda: write_results(run_dir / RESULTS, results))
     progress.finish(results)
-    return results
+    return distributed.broadcast_object(results)
 
 
 def missing_classes(features: FeatureSet) -> list[int]:
@@ -196,13 +203,18 @@ def _student(cfg: DictConfig, benchmark: CSLBenchmark) -> torch.nn.Module:
 
 
 def _evaluator(cfg: DictConfig, log_dir: Path, *extra_metrics) -> EvaluationPlugin:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    text_log = open(log_dir / "avalanche.log", "a")  # noqa: SIM115 - owned by the logger
+    """Metrics on every rank, loggers on rank 0 only (Avalanche refuses them elsewhere)."""
     return EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),
         *extra_metrics,
-        loggers=[TensorboardLogger(tb_log_dir=str(log_dir)), TextLogger(text_log)],
+        loggers=_loggers(log_dir) if distributed.is_main() else [],
     )
+
+
+def _loggers(log_dir: Path) -> list:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    text_log = open(log_dir / "avalanche.log", "a")  # noqa: SIM115 - owned by the logger
+    return [TensorboardLogger(tb_log_dir=str(log_dir)), TextLogger(text_log)]
 
 
 def _common_kwargs(cfg: DictConfig, device: torch.device) -> dict:
@@ -222,7 +234,7 @@ def _plugins(cfg: DictConfig, name: str) -> list:
     if cfg.plugins and name != "ceiling":
         advice += f", or check the settings of plugins {', '.join(cfg.plugins)}"
     plugins = [DivergencePlugin(name, advice)]
-    if cfg.progress:
+    if cfg.progress and distributed.is_main():
         plugins.append(EpochProgressPlugin(name))
     return plugins
 

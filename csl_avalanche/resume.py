@@ -7,6 +7,9 @@ evaluation. After each, `RunProgress` writes the checkpoint (atomically; see
 uninterrupted run; a finished run is not run again. A folder holding a run of another
 configuration is refused, naming the settings that differ; `resume=false` moves the folder's
 old files aside (into `replaced-<time>/`) and starts over.
+
+Under torchrun rank 0 alone opens the folder (cleans, compares, moves aside, rewinds the logs)
+and writes the checkpoint; the other ranks then read the checkpoint it left.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from csl_avalanche.checkpoint import (
     strategy_state,
     write_checkpoint,
 )
+from csl_avalanche.distributed import is_main, main_only
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.settings import RESULTS, TENSORBOARD
 
@@ -81,6 +85,16 @@ class RunProgress:
 
     @classmethod
     def open(cls, cfg: DictConfig, run_dir: Path) -> RunProgress:
+        opened = main_only(lambda: cls._open(cfg, run_dir))
+        if opened is not None:  # rank 0 (or the only process)
+            return opened
+        progress = cls(run_dir, compared_config(cfg))
+        if cfg.get("resume", True) and progress.path.exists():
+            progress.state = read_checkpoint(progress.path)
+        return progress
+
+    @classmethod
+    def _open(cls, cfg: DictConfig, run_dir: Path) -> RunProgress:
         progress = cls(run_dir, compared_config(cfg))
         remove_stale_temporaries(run_dir)  # a checkpoint or results.json cut off by a kill
         if not cfg.get("resume", True):
@@ -135,7 +149,8 @@ class RunProgress:
     def save_level(self, result: dict, train_seconds: float, strategy: Any) -> None:
         self.state["levels"].append(result)
         self.state["train_seconds"].append(train_seconds)
-        self.state["strategy"] = strategy_state(strategy)
+        if is_main():  # the only rank that writes it
+            self.state["strategy"] = strategy_state(strategy)
         self._save(strategy.evaluator)
 
     def finish(self, results: dict) -> None:
@@ -150,6 +165,8 @@ class RunProgress:
             set_rng_state(self.state["rng"])
 
     def _save(self, evaluator: Any) -> None:
+        if not is_main():
+            return
         for logger in [] if evaluator is None else evaluator.loggers:
             _flush(logger)
         self.state["rng"] = rng_state()

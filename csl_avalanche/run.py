@@ -68,6 +68,10 @@ def main(cfg: DictConfig) -> dict:
         results = run_experiment(cfg, run_dir)
     except ConfigError as err:  # its message says what to fix: no traceback
         refuse(err)
+    from csl_avalanche.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 reports for all (the same results)
+        return results
     print(summary_table(results))
     for line in pgr_warnings(results):
         print(line, file=sys.stderr)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
+from csl_avalanche import distributed
 from csl_avalanche.cosupervision import LABEL_KINDS
 from csl_avalanche.loader import InMemoryBatchLoader
 
@@ -25,6 +26,12 @@ class StudentTemplate(SupervisedTemplate):
     starts again from its initial random weights, a fine-tuned network from its pretrained
     backbone and initial head. `in_memory=True` uses InMemoryBatchLoader (the inputs are
     gathered from tensors on the training device; an ImageStudent augments each batch itself).
+
+    Under torchrun (csl_avalanche.distributed) `batch_size` stays the global batch: each rank
+    trains on its weighted share of every batch (`loader.rank_share`) through
+    DistributedDataParallel (Avalanche 0.6's templates do not wrap the model themselves),
+    which averages the gradients, so the ranks take the steps one process would. `self.model`
+    stays the plain module: evaluation, the E-step and checkpoints use it.
     """
 
     def __init__(
@@ -59,14 +66,19 @@ class StudentTemplate(SupervisedTemplate):
         self.in_memory = in_memory
         self.seed = seed
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.parallel_model: nn.Module | None = None  # the DDP wrapper, under torchrun
         self.initial_state = {
             name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()
         }
 
     def criterion(self) -> torch.Tensor:
         if self.is_training and self.labels == "soft":
-            return F.cross_entropy(self.mb_output, self._soft_targets())
-        return self._criterion(self.mb_output, self.mb_y)
+            loss = F.cross_entropy(self.mb_output, self._soft_targets())
+        else:
+            loss = self._criterion(self.mb_output, self.mb_y)
+        if self.is_training and self.parallel_model is not None:
+            loss = loss * self.dataloader.share_weight  # this rank's part of the global batch
+        return loss
 
     def _soft_targets(self) -> torch.Tensor:
         """Minibatch column 2, checked to be a floating [B, C] matrix like the output (on a
@@ -99,6 +111,21 @@ class StudentTemplate(SupervisedTemplate):
         if self.reinit_student and self.clock.train_exp_counter > 0:
             self.model.load_state_dict(self.initial_state)
         super().check_model_and_optimizer(**kwargs)
+        if distributed.world_size() > 1:
+            distributed.broadcast_state(self.model)  # every rank starts from rank 0's weights
+            if self.parallel_model is None or self.parallel_model.module is not self.model:
+                self.parallel_model = distributed.data_parallel(self.model)
+            distributed.seed_rank_stream(self.seed + 1000 * self.clock.train_exp_counter)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        if self.parallel_model is not None:  # the same model on every rank for E-step and eval
+            distributed.broadcast_state(self.model)
+        super()._after_training_exp(**kwargs)
+
+    def forward(self) -> torch.Tensor:
+        if self.is_training and self.parallel_model is not None:
+            return self.parallel_model(self.mb_x)
+        return super().forward()
 
     def make_optimizer(self, **kwargs) -> None:
         """A fresh Adam at every experience, as the paper trains each level from scratch."""
@@ -125,6 +152,8 @@ class StudentTemplate(SupervisedTemplate):
             shuffle=shuffle,
             generator=generator,
             device=self.device,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
         )
 
     def make_eval_dataloader(self, **kwargs) -> None:

@@ -11,6 +11,9 @@ the image files, so a second run of the same config extracts nothing.
 
 Subdomains are class sets, or input domains when the images carry `domains` (DomainNet): then a
 domain specialist trains on all classes of its own domain's images.
+
+Image decoding, feature extraction and teacher outputs are `Sharded`: under torchrun each rank
+computes a block of the images and rank 0 writes the one cache entry (`shared_cache`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from csl_avalanche.cache import TensorCache, fingerprint
@@ -33,6 +36,7 @@ from csl_avalanche.data.images import DatasetError, Images, TransformedImages
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.model_registry import Preprocessing, feature_extractor, preprocessing
+from csl_avalanche.shared_cache import Sharded
 from csl_avalanche.teachers import teacher_probabilities, train_teachers
 
 log = logging.getLogger(__name__)
@@ -123,10 +127,14 @@ def build_image_feature_set(
     probs = cache.get_or_compute(
         "teacher-probs",
         fingerprint("teacher-probs", states, pool_key, test_key),
-        lambda: {
-            "pool": teacher_probabilities(heads, pool_t).cpu(),
-            "test": teacher_probabilities(heads, test_t).cpu(),
-        },
+        Sharded(
+            lambda rows: {
+                "pool": teacher_probabilities(heads, pool_t[rows(len(pool_t))]).cpu(),
+                "test": teacher_probabilities(heads, test_t[rows(len(test_t))]).cpu(),
+            },
+            dim=1,  # [T, N, C]
+            size=min(len(pool_t), len(test_t)),
+        ),
         check=teacher_probs_fault,
         cause="The teacher heads overflow on these features; check teacher.heads or lower "
         "teacher.lr.",
@@ -184,10 +192,15 @@ class _Extractor:
         key = fingerprint(
             name, backbone.weights_hash, backbone.preprocessing.as_dict(), images.identity()
         )
+        desc = f"{name} ({len(images)} images)"
         value = self.cache.get_or_compute(
             name,
             key,
-            lambda: self._extract(backbone, images, f"{name} ({len(images)} images)"),
+            Sharded(
+                lambda rows: self._extract(backbone, images, desc, rows(len(images))),
+                dim=0,
+                size=len(images),
+            ),
             check=lambda features: finite_fault(f"{name} of the {part} images", features, AXES),
             cause=f"The {backbone.role} backbone outputs non-finite features: check its "
             f"weights ({backbone.role}.checkpoint, {backbone.role}.pretrained).",
@@ -201,25 +214,32 @@ class _Extractor:
         return self.cache.get_or_compute(
             "student-pixels",
             key,
-            lambda: torch.cat(list(self._batches(images, prep.pixels(), desc))),
+            Sharded(
+                lambda rows: torch.cat(
+                    list(self._batches(images, prep.pixels(), desc, rows(len(images))))
+                ),
+                dim=0,
+                size=len(images),
+            ),
         )
 
     @torch.no_grad()  # not inference_mode: the features later feed autograd as inputs
-    def _extract(self, backbone: Backbone, images: Images, desc: str) -> torch.Tensor:
+    def _extract(self, backbone: Backbone, images: Images, desc: str, rows: slice) -> torch.Tensor:
         model = backbone.model.to(self.device).eval()
         chunks = [
             model(batch.to(self.device, non_blocking=True)).float().cpu()
-            for batch in self._batches(images, backbone.preprocessing.transform(), desc)
+            for batch in self._batches(images, backbone.preprocessing.transform(), desc, rows)
         ]
         model.cpu()
         return torch.cat(chunks)
 
-    def _batches(self, images: Images, transform, desc: str):
-        """Decoded, transformed images in batches (`data.batch_size`, `data.num_workers`)."""
+    def _batches(self, images: Images, transform, desc: str, rows: slice):
+        """The images `rows`, decoded and transformed, in batches (`data.batch_size`,
+        `data.num_workers`)."""
         if not len(images):
             raise ValueError(f"{desc}: no images")
         loader = DataLoader(
-            TransformedImages(images, transform),
+            Subset(TransformedImages(images, transform), range(len(images))[rows]),
             batch_size=int(self.data.get("batch_size") or 256),
             num_workers=int(self.data.get("num_workers") or 0),
             pin_memory=self.device.type == "cuda",

@@ -44,7 +44,7 @@ class LevelStatistics:
         return asdict(self)
 
 
-class CoSupervisionPlugin(SupervisedPlugin):
+class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
     """Relabels and filters each level's pool; `stats` holds one LevelStatistics per level.
 
     assignment: a rule of `cosupervision.assign_teachers`, or `ensemble` (the mean of the

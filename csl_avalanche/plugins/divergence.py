@@ -3,7 +3,8 @@
 A too-large learning rate, or a plugin term that overflows (an LwF temperature near 0), makes
 the loss, then the weights, NaN or Inf; the student then predicts one class and the run would
 print a plausible-looking accuracy. The loss is checked once per epoch (accumulated on the
-device, so there is no synchronisation per step) and the weights after each level.
+device, so there is no synchronisation per step) and the weights after each level. Under
+torchrun the ranks agree on the loss check, so that all of them stop together.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import torch
 from avalanche.core import SupervisedPlugin
 
+from csl_avalanche.distributed import all_true
 from csl_avalanche.errors import ConfigError
 
 
-class DivergencePlugin(SupervisedPlugin):
+class DivergencePlugin(SupervisedPlugin, supports_distributed=True):
     """Raises ConfigError naming the level (`name`: the run's strategy, or the ceiling) and
     giving `advice` (what to change) once the loss or the weights are not finite."""
 
@@ -31,7 +33,7 @@ class DivergencePlugin(SupervisedPlugin):
         self._finite &= torch.isfinite(strategy.loss.detach()).all()
 
     def after_training_epoch(self, strategy, **kwargs) -> None:
-        if not bool(self._finite):
+        if not all_true(self._finite):
             epoch = strategy.clock.train_exp_epochs + 1
             self._stop(strategy, f"the training loss became NaN or Inf in epoch {epoch}")
 

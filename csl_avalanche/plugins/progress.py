@@ -10,7 +10,7 @@ from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
 
 
-class EpochProgressPlugin(SupervisedPlugin):
+class EpochProgressPlugin(SupervisedPlugin, supports_distributed=True):
     def __init__(self, name: str):
         super().__init__()
         self.name = name

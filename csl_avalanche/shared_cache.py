@@ -1,0 +1,111 @@
+"""The content-hashed cache shared by the processes of a torchrun run.
+
+Rank 0 alone decides whether an entry exists, computes what cannot be split, checks and writes
+every entry; the other ranks wait, then load the entry (memory-mapped) from the same folder. A
+`Sharded` computation (feature extraction, teacher outputs) is split by rows instead: each rank
+computes its block, ranks other than 0 leave theirs in a temporary file of the cache folder,
+and rank 0 joins the blocks in rank order into the one entry it writes. With one process,
+SharedTensorCache is TensorCache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from csl_avalanche.cache import TensorCache
+from csl_avalanche.distributed import (
+    all_ranks,
+    broadcast_object,
+    is_main,
+    main_only,
+    rank,
+    shard_rows,
+    world_size,
+)
+
+T = TypeVar("T")
+Rows = Callable[[int], slice]  # the number of samples -> this rank's block of them
+
+
+@dataclass(frozen=True)
+class Sharded(Generic[T]):
+    """A computation that splits by samples. `part(rows)` computes the value on the block
+    `rows(n)` of each of its sample axes (of n samples); the parts join by concatenation along
+    `dim` (of each tensor, in dicts too). `size`: the fewest samples of any axis; with fewer
+    samples than ranks, rank 0 computes the whole. Called without a split, it is the whole."""
+
+    part: Callable[[Rows], T]
+    dim: int
+    size: int
+
+    def __call__(self) -> T:
+        return self.part(lambda n: slice(0, n))
+
+
+class SharedTensorCache(TensorCache):
+    """TensorCache for torchrun's processes: rank 0 writes, the others read (module doc)."""
+
+    def get_or_compute(
+        self,
+        name: str,
+        key: str,
+        compute: Callable[[], T],
+        *,
+        check: Callable[[T], str | None] | None = None,
+        cause: str = "",
+    ) -> T:
+        base = super().get_or_compute
+        if world_size() == 1:
+            return base(name, key, compute, check=check, cause=cause)
+        path = self.path(name, key)
+        present = broadcast_object(path.exists() if is_main() else None)
+        if not present and isinstance(compute, Sharded) and compute.size >= world_size():
+            main_only(self._require_writable)  # before any work, as TensorCache does
+            compute = self._split(name, key, compute)
+        value = main_only(lambda: base(name, key, compute, check=check, cause=cause))
+        if is_main():
+            return value
+        if present:
+            self.hits += 1
+        else:
+            self.misses += 1
+        return self._load(path, key)
+
+    def _split(self, name: str, key: str, sharded: Sharded[T]) -> Callable[[], T]:
+        """Every rank computes its block now; returns what rank 0 then calls to join them."""
+        own: list[T] = []
+
+        def block() -> Path | None:
+            value = sharded.part(lambda n: shard_rows(n, rank(), world_size()))
+            if is_main():
+                own.append(value)
+                return None
+            # A `.tmp<pid>` name: removed like any temporary file if this run is killed.
+            file = self.path(name, key).with_suffix(f".part{rank()}.tmp{os.getpid()}")
+            self._write(file, {"key": key, "value": value})
+            return file
+
+        files = all_ranks(block)
+
+        def joined() -> T:
+            parts = [*own, *(self._load(file, key) for file in files[1:])]
+            try:
+                return _concatenate(parts, sharded.dim)
+            finally:
+                for file in files[1:]:
+                    file.unlink(missing_ok=True)
+
+        return joined
+
+
+def _concatenate(parts: list[Any], dim: int) -> Any:
+    """Tensors, or dicts of them, joined along `dim` in order."""
+    if isinstance(parts[0], dict):
+        return {k: _concatenate([part[k] for part in parts], dim) for k in parts[0]}
+    return torch.cat(parts, dim=dim)

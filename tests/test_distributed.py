@@ -1,0 +1,254 @@
+"""Data-parallel runs under torchrun: the sharding arithmetic, and 2-process gloo runs on CPU
+that must match one process and write one set of outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, cli
+from hydra import compose, initialize_config_module
+from results_checks import check_against_cached_features, compose_config
+from test_image_benchmarks import TINY, write_class_tree
+
+from csl_avalanche.cache import TensorCache
+from csl_avalanche.data.registry import build_features
+from csl_avalanche.distributed import shard_rows
+from csl_avalanche.errors import ConfigError
+from csl_avalanche.launch import quiet
+from csl_avalanche.loader import InMemoryBatchLoader, rank_share
+from csl_avalanche.shared_cache import Sharded, SharedTensorCache
+
+
+def test_shard_rows_cover_every_row_once_in_rank_order():
+    for n, size in [(10, 3), (7, 2), (2, 4), (0, 2)]:
+        blocks = [list(range(n))[shard_rows(n, r, size)] for r in range(size)]
+        assert sum(blocks, []) == list(range(n))
+        assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_rank_share_weights_make_the_ranks_step_one_process_step():
+    batch = torch.tensor([5, 1, 9, 3, 7, 0, 2])
+    shares = [rank_share(batch, r, 3) for r in range(3)]
+    assert [s.tolist() for s, _ in shares] == [[5, 3, 2], [1, 7], [9, 0]]
+    assert [w for _, w in shares] == pytest.approx([9 / 7, 6 / 7, 6 / 7])
+    # DDP averages the ranks' gradients: the mean of weight * (share's mean loss) must be the
+    # batch's mean loss.
+    loss = torch.rand(10)
+    ranks_mean = sum(w * loss[s].mean() for s, w in shares) / 3
+    assert ranks_mean.item() == pytest.approx(loss[batch].mean().item())
+    # A last batch smaller than P: the rank left without a sample steps at weight 0.
+    assert [(s.tolist(), w) for s, w in (rank_share(batch[:2], r, 3) for r in range(3))] == [
+        ([5], 1.5),
+        ([1], 1.5),
+        ([5], 0.0),
+    ]
+
+
+def test_in_memory_loader_shares_are_one_process_batches(tiny_features):
+    from csl_avalanche.benchmark import labelled_dataset
+
+    n = 45  # not a multiple of the batch nor of the ranks
+    dataset = labelled_dataset(tiny_features.train_x[:n], torch.arange(n))
+
+    def batches(rank: int, world_size: int) -> list[list[int]]:
+        loader = InMemoryBatchLoader(
+            dataset,
+            batch_size=8,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(3),
+            rank=rank,
+            world_size=world_size,
+        )
+        assert len(loader) == 6
+        return [batch[1].tolist() for batch in loader]
+
+    one = batches(0, 1)
+    ranks = [batches(r, 2) for r in range(2)]
+    assert all(len(r) == len(one) for r in ranks)  # the same number of steps on every rank
+    for step, whole in enumerate(one):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(whole)
+        assert not set(ranks[0][step]) & set(ranks[1][step])
+    assert sorted(sum(one, [])) == list(range(n))
+
+
+def test_quiet_logging_keeps_the_console_handler_of_hydras_job_logging():
+    with initialize_config_module(config_module="csl_avalanche.configs", version_base="1.3"):
+        logging = compose(config_name="config", return_hydra_config=True).hydra.job_logging
+    assert "file" in logging.handlers
+    kept = quiet(logging)
+    assert list(kept.handlers) == ["console"] and list(kept.root.handlers) == ["console"]
+    assert kept.root.level == "WARNING"
+
+
+def test_sharded_computation_in_one_process_is_the_whole(tmp_path):
+    x = torch.arange(12.0).view(6, 2)
+    sharded = Sharded(lambda rows: {"a": x[rows(len(x))] * 2}, dim=0, size=len(x))
+    cache = SharedTensorCache(tmp_path)
+    value = cache.get_or_compute("doubled", "key", sharded)
+    assert torch.equal(value["a"], x * 2) and cache.misses == 1
+    again = TensorCache(tmp_path).get_or_compute("doubled", "key", sharded)
+    assert torch.equal(again["a"], x * 2)
+
+
+# -- 2-process runs (torchrun, gloo on CPU) --------------------------------------------------
+
+
+def torchrun(run_dir: Path, *overrides: str, cache_dir: Path) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 -m csl_avalanche.run ...` on CPU."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "csl_avalanche.run",
+        f"hydra.run.dir={run_dir}",
+        f"cache_dir={cache_dir}",
+        "progress=false",
+        "device=cpu",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False
+    )
+
+
+def distributed_results(run_dir: Path, proc: subprocess.CompletedProcess) -> dict:
+    """The 2-process run succeeded and wrote one run's outputs, once."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert len(list(run_dir.parent.rglob("results.json"))) == 1
+    for strategy in ("ceiling", results["config"]["strategy"]["name"]):
+        assert len(list((run_dir / "tb" / strategy).glob("events.out.tfevents.*"))) == 1
+    assert [p.name for p in run_dir.glob("*.log")] == ["run.log"]
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # Rank 0 printed the table, with the numbers it wrote.
+    final = results["levels"][-1]["student_accuracy"]
+    assert proc.stdout.count("ceiling (ground truth) accuracy") == 1
+    assert f"{final:.4f}" in proc.stdout
+    return results
+
+
+def single_process_results(run_dir: Path, *overrides: str, cache_dir: Path) -> dict:
+    outcome = cli(run_dir, *overrides, cache_dir=cache_dir)
+    assert outcome.code == 0, outcome.err
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def assert_same_accuracies(parallel: dict, single: dict) -> None:
+    """Within 0.5 points at every level (they take the same steps: in fact equal)."""
+    for a, b in zip(parallel["levels"], single["levels"], strict=True):
+        assert abs(a["student_accuracy"] - b["student_accuracy"]) <= 0.005
+    assert abs(parallel["ceiling_accuracy"] - single["ceiling_accuracy"]) <= 0.005
+
+
+def test_two_processes_match_one_on_the_digits_default(tmp_path, single_threaded):
+    parallel = distributed_results(
+        tmp_path / "p2" / "run", torchrun(tmp_path / "p2" / "run", cache_dir=tmp_path / "cache")
+    )
+    single = single_process_results(tmp_path / "p1", "device=cpu", cache_dir=tmp_path / "cache")
+    assert single["world_size"] == 1
+    assert_same_accuracies(parallel, single)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tree") / "data"
+    write_class_tree(root, ["apple", "bird", "car", "dog"], per_class=16)
+    return root
+
+
+def test_two_processes_match_one_on_a_tiny_image_benchmark(tmp_path, image_root, single_threaded):
+    overrides = ["benchmark=imagefolder", f"data.root={image_root}", *TINY]
+    run_dir = tmp_path / "p2" / "run"
+    parallel = distributed_results(
+        run_dir, torchrun(run_dir, *overrides, cache_dir=tmp_path / "cache2")
+    )
+    check_against_cached_features(parallel, tmp_path / "cache2", *overrides)
+    assert not list((tmp_path / "cache2").glob("*.tmp*"))  # the ranks' blocks are gone
+    single = single_process_results(
+        tmp_path / "p1", *overrides, "device=cpu", cache_dir=tmp_path / "cache1"
+    )
+    assert_same_accuracies(parallel, single)
+    # Each rank extracted a block of the images: joined, they are one process's features.
+    cfg = compose_config(*overrides)
+    sharded = build_features(cfg, store := TensorCache(tmp_path / "cache2"), seed=0)
+    whole = build_features(cfg, TensorCache(tmp_path / "cache1"), seed=0)
+    assert store.misses == 0
+    for name in ("train_x", "test_x", "teacher_train_probs", "teacher_test_probs"):
+        torch.testing.assert_close(getattr(sharded, name), getattr(whole, name))
+
+
+def test_two_processes_fine_tune_an_image_student(tmp_path, image_root, single_threaded):
+    """DistributedDataParallel through a network with BatchNorm (random augmentation: the
+    numbers are not one process's)."""
+    overrides = [
+        "benchmark=imagefolder",
+        f"data.root={image_root}",
+        *TINY,
+        "student.arch=test_resnet",
+        "student.finetune=true",
+        "data.image_size=24",
+        "strategy.epochs=1",
+    ]
+    run_dir = tmp_path / "run"
+    results = distributed_results(run_dir, torchrun(run_dir, *overrides, cache_dir=tmp_path / "c"))
+    assert [lvl["num_teachers"] for lvl in results["levels"]] == [1, 2, 4]
+    pixels = torch.load(next((tmp_path / "c").glob("student-pixels-*.pt")), weights_only=True)
+    assert pixels["value"].dtype == torch.uint8
+
+
+def test_an_unreadable_image_in_one_ranks_block_stops_both_ranks(tmp_path):
+    root = tmp_path / "data"
+    write_class_tree(root, ["apple", "dog"], per_class=12)
+    for image in (root / "dog").iterdir():  # the pool's second half: rank 1's block
+        image.write_bytes(b"not an image")
+    run_dir = tmp_path / "run"
+    proc = torchrun(
+        run_dir,
+        "benchmark=imagefolder",
+        f"data.root={root}",
+        "benchmark.teachers_per_level=[1,2]",
+        *TINY,
+        cache_dir=tmp_path / "cache",
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, proc.stderr  # rank 1 found it, rank 0 was told
+    assert all("cannot read image" in line and "/dog/" in line for line in errors)
+    assert not (run_dir / "results.json").exists()
+
+
+def test_anti_forgetting_plugins_are_refused_with_several_processes(monkeypatch):
+    from csl_avalanche import distributed
+
+    cfg = compose_config("plugins=[replay]")
+    distributed.check_world(cfg)  # one process: fine
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="plugins replay are not supported under torchrun"):
+        distributed.check_world(cfg)
+
+
+def test_gpu_check_says_it_needs_cuda():
+    script = REPO / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: run the script itself")
+    proc = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: gpu_check.sh needs a CUDA device")
