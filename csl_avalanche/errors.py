@@ -17,7 +17,9 @@ class ConfigError(ValueError):
 
 def refuse(err: ConfigError) -> NoReturn:
     """End the command with the error's one-line message and exit code 2 (no traceback)."""
-    print(f"error: {err}", file=sys.stderr)
+    # One write of the whole line: under torchrun every rank reports, into one shared stderr.
+    sys.stderr.write(f"error: {err}\n")
+    sys.stderr.flush()
     raise SystemExit(2) from None
 
 
