@@ -189,7 +189,7 @@ def test_divergence_plugin_remembers_a_bad_loss_until_the_epoch_ends_and_checks_
     strategy = SimpleNamespace(
         model=model,
         device="cpu",
-        experience=SimpleNamespace(level=2),
+        experience=SimpleNamespace(label="level 2"),
         clock=SimpleNamespace(train_exp_epochs=3),
     )
     plugin.before_training_epoch(strategy)
