@@ -410,6 +410,31 @@ def test_a_run_that_crashed_in_arrival_2_resumes_with_the_same_results(
     assert read[0]["joint_accuracy"] == expected["joint_accuracy"]
 
 
+def test_a_finetuned_image_student_learns_arrival_by_arrival(tmp_path):
+    """The image benchmarks too: the arrivals cut the cached images, and the whole network
+    trains on them (student.finetune=true)."""
+    from test_image_benchmarks import TINY, write_class_tree
+
+    root = tmp_path / "data"
+    write_class_tree(root, ["apple", "bird", "car", "dog"], per_class=20)
+    overrides = [
+        "benchmark=imagefolder",
+        f"data.root={root}",
+        *TINY,
+        "student.arch=test_resnet",
+        "student.finetune=true",
+        "data.image_size=24",
+        "strategy.epochs=1",
+        "strategy.denoise=all",
+        "scenario=class_incremental",
+        "scenario.joint_reference=false",
+    ]
+    results = run(tmp_path, "run", *overrides)
+    assert results["order"] == ["classes_0", "classes_1", "classes_2", "classes_3"]
+    assert [a["num_teachers"] for a in results["arrivals"]] == [2, 3, 4, 5]
+    assert len(results["accuracy_matrix"]) == 4
+
+
 # --- refused settings -------------------------------------------------------------------------
 
 
