@@ -41,19 +41,46 @@ def labelled_dataset(
     return _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
 
 
-class LevelExperience(DatasetExperience):
-    """The transfer pool seen through one level's teachers.
+class TeacherExperience(DatasetExperience):
+    """Pool samples seen through a set of frozen teachers: what the co-supervision plugin
+    relabels.
 
-    Before the level's E-step its dataset holds the pool with the teacher labels routed by the
+    `teachers`: global teacher indices (a slice for a level, so that cached outputs are read as
+    a view). `owner` [U]: for each unit (class, or domain), the position in `teachers` of the
+    teacher that owns it (read by `class_partition` and `oracle` assignment and the assignment
+    statistics). `samples`: the pool rows it covers (None: the whole pool). `routed`: the
+    previous student routes the samples among the teachers (the E-step, then the denoising);
+    otherwise every sample goes to the first teacher and all are kept. `stage`: the row of the
+    accuracy matrix its evaluation fills (its level, or its arrival); `label` names it in
+    messages.
+
+    Before the E-step its dataset holds the samples with the teacher labels routed by the
     generalist's prediction; the co-supervision plugin replaces it with the kept, relabelled
     samples on the copy CSLStrategy trains on (`experience.logging()`), so the stream itself
     stays untouched: the setter is for that copy.
     """
 
-    def __init__(self, *, dataset, level: int, num_teachers: int):
-        super().__init__(dataset=dataset, current_experience=level)
-        self.level = level
-        self.num_teachers = num_teachers
+    def __init__(
+        self,
+        *,
+        dataset,
+        teachers: slice | list[int],
+        owner: torch.Tensor,
+        routed: bool,
+        stage: int,
+        label: str,
+        samples: torch.Tensor | None = None,
+    ):
+        super().__init__(dataset=dataset, current_experience=stage)
+        self.teachers = teachers
+        self.owner = owner
+        self.routed = routed
+        self.stage = stage
+        self.label = label
+        self.samples = samples
+        self.num_teachers = (
+            teachers.stop - teachers.start if isinstance(teachers, slice) else len(teachers)
+        )
 
     @property
     def dataset(self):
@@ -62,6 +89,22 @@ class LevelExperience(DatasetExperience):
     @dataset.setter
     def dataset(self, value) -> None:
         self._dataset = value
+
+
+class LevelExperience(TeacherExperience):
+    """The whole transfer pool seen through one level's teachers; from level 1 on, the previous
+    level's student routes it."""
+
+    def __init__(self, *, dataset, level: int, hierarchy: Hierarchy):
+        super().__init__(
+            dataset=dataset,
+            teachers=hierarchy.teacher_slice(level),
+            owner=hierarchy.class_to_teacher(level),
+            routed=level > 0,
+            stage=level,
+            label=f"level {level}",
+        )
+        self.level = level
 
 
 @dataclass
@@ -85,28 +128,68 @@ class CSLBenchmark:
         return self.scenario.ceiling_stream
 
     def subdomain_names(self) -> list[str]:
-        kind = "domains" if self.features.by_domain else "classes"
-        return [subdomain_name(sub, kind) for sub in self.hierarchy.finest]
+        return finest_subdomain_names(self.features, self.hierarchy)
 
 
 def subdomain_name(members: tuple[int, ...], kind: str = "classes") -> str:
     return f"{kind}_" + "-".join(str(c) for c in members)
 
 
-def generalist_routed_labels(
-    features: FeatureSet, hierarchy: Hierarchy, level: int
-) -> torch.Tensor:
-    """Level `level`'s teacher label for each pool sample, routed by the generalist's argmax.
+def finest_subdomain_names(features: FeatureSet, hierarchy: Hierarchy) -> list[str]:
+    """The names of the finest subdomains, in the hierarchy's (and the test stream's) order."""
+    kind = "domains" if features.by_domain else "classes"
+    return [subdomain_name(sub, kind) for sub in hierarchy.finest]
 
-    This is the student-free default label of a level; CSL's E-step replaces it. With domain
-    subdomains no teacher owns a class: the teacher most likely to give that class is chosen.
+
+def teacher_outputs(
+    probs: torch.Tensor, teachers: slice | list[int], samples: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cached teacher outputs [T, N, C] of `teachers` on the pool rows `samples` (None: all):
+    [K, n, C]; a view for a slice of teachers over the whole pool, else only the rows asked
+    for are copied."""
+    if samples is None:
+        return probs[teachers]
+    indices = range(probs.shape[0])[teachers] if isinstance(teachers, slice) else teachers
+    return torch.stack([probs[t][samples] for t in indices])
+
+
+def generalist_routed_labels(
+    features: FeatureSet,
+    teachers: slice | list[int],
+    owner: torch.Tensor,
+    samples: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The label of one of `teachers` (global indices; `owner`: unit -> position among them)
+    for each pool sample of `samples` (None: all), routed by the generalist's argmax.
+
+    This is the student-free default label of a teacher experience; CSL's E-step replaces it.
+    With domain subdomains no teacher owns a class: the teacher most likely to give that class
+    is chosen.
     """
-    probs = features.teacher_train_probs
-    level_probs = probs[hierarchy.teacher_slice(level)].permute(1, 0, 2)  # [N, K, C]
+    probs = teacher_outputs(features.teacher_train_probs, teachers, samples).permute(1, 0, 2)
+    generalist = teacher_outputs(features.teacher_train_probs, [0], samples)[0]
     rule = "likelihood" if features.by_domain else "class_partition"
-    owner = hierarchy.class_to_teacher(level)
-    assignment = cs.assign_teachers(probs[0], level_probs, rule, class_to_teacher=owner)
-    return cs.gather_targets(level_probs, assignment).argmax(dim=1)
+    assignment = cs.assign_teachers(generalist, probs, rule, class_to_teacher=owner)
+    return cs.gather_targets(probs, assignment).argmax(dim=1)
+
+
+def finest_test_experiences(features: FeatureSet) -> list[DatasetExperience]:
+    """One experience per finest subdomain: its test samples with their ground truth."""
+    experiences, test_units = [], features.units("test")
+    for index, subdomain in enumerate(features.hierarchy.finest):
+        members = torch.isin(test_units, torch.tensor(subdomain))
+        if not members.any():
+            raise ConfigError(
+                f"the test split has no samples of finest subdomain {list(subdomain)}, so its "
+                "accuracy cannot be measured; give every finest subdomain test samples"
+            )
+        experiences.append(
+            DatasetExperience(
+                dataset=labelled_dataset(features.test_x[members], features.test_y[members]),
+                current_experience=index,
+            )
+        )
+    return experiences
 
 
 def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
@@ -114,27 +197,12 @@ def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
     ceiling_stream: the pool with ground truth (for the ceiling baseline only)."""
     hierarchy = features.hierarchy
     x = features.train_x
-    train = [
-        LevelExperience(
-            dataset=labelled_dataset(x, generalist_routed_labels(features, hierarchy, level)),
-            level=level,
-            num_teachers=len(hierarchy.levels[level]),
-        )
-        for level in range(hierarchy.num_levels)
-    ]
-    test, test_units = [], features.units("test")
-    for index, subdomain in enumerate(hierarchy.finest):
-        members = torch.isin(test_units, torch.tensor(subdomain))
-        if not members.any():
-            raise ConfigError(
-                f"the test split has no samples of finest subdomain {list(subdomain)}, so its "
-                "accuracy cannot be measured; give every finest subdomain test samples"
-            )
-        test.append(
-            DatasetExperience(
-                dataset=labelled_dataset(features.test_x[members], features.test_y[members]),
-                current_experience=index,
-            )
+    train = []
+    for level in range(hierarchy.num_levels):
+        teachers, owner = hierarchy.teacher_slice(level), hierarchy.class_to_teacher(level)
+        labels = generalist_routed_labels(features, teachers, owner)
+        train.append(
+            LevelExperience(dataset=labelled_dataset(x, labels), level=level, hierarchy=hierarchy)
         )
     ceiling = [
         DatasetExperience(dataset=labelled_dataset(x, features.train_y), current_experience=0)
@@ -142,7 +210,7 @@ def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
     scenario = CLScenario(
         [
             EagerCLStream("train", train),
-            EagerCLStream("test", test),
+            EagerCLStream("test", finest_test_experiences(features)),
             EagerCLStream("ceiling", ceiling),
         ]
     )

@@ -101,11 +101,20 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         by_domain=features.by_domain,
     )
     benchmark = make_csl_benchmark(features)
+    incremental = _class_incremental(cfg, features)  # checked against the data before training
     weak = teacher_test_accuracy(benchmark, teacher=0)
     if progress.ceiling is None:
         _run_ceiling(cfg, benchmark, device, run_dir, progress)
     ceiling, ceiling_steps = progress.ceiling["accuracy"], progress.ceiling["steps"]
     missing = missing_classes(features)
+    if incremental is not None:
+        reference = {"weak": weak, "ceiling": ceiling, "ceiling_steps": ceiling_steps}
+        results = incremental.run(
+            benchmark, device, run_dir, progress, missing=missing, **reference
+        )
+        write_results(run_dir / RESULTS, results)
+        progress.finish(results)
+        return results
 
     seed_everything(seed)
     forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
@@ -142,6 +151,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             level["mean_forgetting"] = statistics.fmean(subdomain_forgetting.values())
         progress.save_level(level, train_seconds, strategy)
     results = {
+        "scenario": "levels",
         "weak_accuracy": weak,
         "ceiling_accuracy": ceiling,
         "levels": progress.levels,
@@ -159,6 +169,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     distributed.main_only(lambda: write_results(run_dir / RESULTS, results))
     progress.finish(results)
     return distributed.broadcast_object(results)
+
+
+def _class_incremental(cfg: DictConfig, features: FeatureSet):
+    """With scenario=class_incremental, its run (`incremental_experiment.ClassIncrementalRun`,
+    whose stream is built and checked against the data now); None in the levels scenario."""
+    if OmegaConf.select(cfg, "scenario.name", default="levels") != "class_incremental":
+        return None
+    from csl_avalanche.incremental_experiment import ClassIncrementalRun  # it imports this module
+
+    return ClassIncrementalRun(cfg, features)
 
 
 def missing_classes(features: FeatureSet) -> list[int]:
@@ -257,7 +277,10 @@ def _run_ceiling(
     progress.save_ceiling(accuracy, steps, strategy.evaluator)
 
 
-def _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting) -> CSLStrategy:
+def _make_strategy(
+    cfg, benchmark, device, run_dir, pgr_metric, forgetting, log_name: str | None = None
+) -> CSLStrategy:
+    """The configured strategy; it logs to tb/<log_name>, by default tb/<strategy name>."""
     s = cfg.strategy
     plugins = _plugins(cfg, s.name) + build_continual_plugins(OmegaConf.to_container(cfg.plugins))
     return STRATEGIES[s.name](
@@ -270,7 +293,7 @@ def _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting) -> C
         reinit_student=s.reinit_student,
         evaluator=_evaluator(
             cfg,
-            run_dir / "tb" / s.name,
+            run_dir / "tb" / (log_name or s.name),
             pgr_metric,
             forgetting,
             LevelStatisticsMetric(),

@@ -1,10 +1,10 @@
 """Avalanche metrics for weak-to-strong learning.
 
 Per-subdomain accuracy is Avalanche's own experience accuracy on the test stream (one
-experience per finest subdomain). These add PGR, per-subdomain forgetting and the
-co-supervision statistics; values are Python floats (TensorboardLogger drops numpy scalars and
-logs 0-d tensors as histograms), and per-level values are plotted against the number of levels
-trained so far.
+experience per finest subdomain). These add PGR, per-subdomain forgetting, the
+class-incremental summaries and the co-supervision statistics; values are Python floats
+(TensorboardLogger drops numpy scalars and logs 0-d tensors as histograms), and per-level values
+are plotted against the number of experiences trained so far (in the levels scenario, levels).
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metrics import Accuracy
 
 from csl_avalanche.cosupervision import pgr, pgr_note
-from csl_avalanche.forgetting import forgetting
+from csl_avalanche.forgetting import (
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forgetting_since_arrival,
+)
 from csl_avalanche.plugins.cosupervision import LevelStatistics
 
 
@@ -88,13 +93,14 @@ class SubdomainForgettingMetric(PluginMetric[dict]):
 
     `accuracy_matrix` holds one row of per-subdomain accuracies (the test stream: one experience
     per finest subdomain, named by `subdomain_names`) per trained level, keyed by that level:
-    the experience's `level`, or for other experiences the number trained before it. A full
-    evaluation of the test stream while a level trains, or after it, sets that level's row, so
-    the last one before the next level counts: Avalanche's periodic evaluation ends each level
-    with one, as does `strategy.eval` after `train`. An evaluation in the middle of a level
-    thus never touches an earlier level's row, and one before any training adds no row. From
-    the second level on it emits, per subdomain, the best accuracy after any earlier level
-    minus the accuracy now, and their mean; `result()` holds the latest per-subdomain values.
+    the experience's `stage` (its level, or its arrival), or for other experiences the number
+    trained before it. A full evaluation of the test stream while a level trains, or after it,
+    sets that level's row, so the last one before the next level counts: Avalanche's periodic
+    evaluation ends each level with one, as does `strategy.eval` after `train`. An evaluation
+    in the middle of a level thus never touches an earlier level's row, and one before any
+    training adds no row. From the second level on it emits, per subdomain, the best accuracy
+    after any earlier level minus the accuracy now, and their mean; `result()` holds the
+    latest per-subdomain values.
     """
 
     def __init__(self, subdomain_names: list[str], stream: str = "test"):
@@ -128,7 +134,7 @@ class SubdomainForgettingMetric(PluginMetric[dict]):
 
     def before_training_exp(self, strategy) -> None:
         experience = strategy.experience
-        self._level = getattr(experience, "level", strategy.clock.train_exp_counter)
+        self._level = getattr(experience, "stage", strategy.clock.train_exp_counter)
 
     def before_eval(self, strategy) -> None:
         self.reset()
@@ -144,10 +150,13 @@ class SubdomainForgettingMetric(PluginMetric[dict]):
         self._rows[self._level] = [
             float(self._accuracy[i].result()) for i in range(len(self.subdomain_names))
         ]
+        return self._emit(strategy.clock.train_exp_counter)
+
+    def _emit(self, step: int) -> list[MetricValue]:
+        """The values after a row was recorded: per-subdomain forgetting and its mean."""
         values = self.result()
         if not values:
             return []
-        step = strategy.clock.train_exp_counter
         prefix = f"Forgetting_Subdomain/eval_phase/{self.stream}_stream"
         metrics = [
             MetricValue(self, f"{prefix}/{name}", value, step) for name, value in values.items()
@@ -160,6 +169,62 @@ class SubdomainForgettingMetric(PluginMetric[dict]):
 
     def __str__(self) -> str:
         return "SubdomainForgetting"
+
+
+class ArrivalAccuracyMetric(SubdomainForgettingMetric):
+    """The class-incremental summaries after every arrival, from the same accuracy matrix.
+
+    `arrived_at[j]` is the arrival (row) that brought subdomain j. Rows are keyed by the
+    experiences' `stage`, the arrival; the test stream must be evaluated after every arrival
+    (the summaries compare rows by arrival). Emits the average accuracy over the subdomains
+    arrived so far, and, for those that arrived earlier, their forgetting since arrival, its
+    mean, and the backward transfer (`csl_avalanche.forgetting`).
+    """
+
+    def __init__(self, subdomain_names: list[str], arrived_at: list[int], stream: str = "test"):
+        super().__init__(subdomain_names, stream)
+        if sorted(arrived_at) != list(range(len(subdomain_names))):
+            raise ValueError(
+                f"arrived_at must give each of the {len(subdomain_names)} subdomains its own "
+                f"arrival, got {arrived_at}"
+            )
+        self.arrived_at = list(arrived_at)
+
+    def result(self) -> dict[str, float]:
+        """Forgetting since arrival of each subdomain that arrived before the last row."""
+        if not self._complete():
+            return {}
+        values = forgetting_since_arrival(self.accuracy_matrix, self.arrived_at)
+        return {
+            name: value
+            for name, value in zip(self.subdomain_names, values, strict=True)
+            if value is not None
+        }
+
+    def summary(self) -> dict[str, float | None]:
+        """`average_accuracy` over the arrived subdomains, `mean_forgetting` and
+        `backward_transfer` over those that arrived earlier (None: none did)."""
+        if not self._complete():
+            return {}
+        forgotten = self.result()
+        return {
+            "average_accuracy": average_accuracy(self.accuracy_matrix, self.arrived_at),
+            "mean_forgetting": statistics.fmean(forgotten.values()) if forgotten else None,
+            "backward_transfer": backward_transfer(self.accuracy_matrix, self.arrived_at),
+        }
+
+    def _complete(self) -> bool:
+        """Rows for arrivals 0 .. t, none missing."""
+        return bool(self._rows) and sorted(self._rows) == list(range(len(self._rows)))
+
+    def _emit(self, step: int) -> list[MetricValue]:
+        metrics = super()._emit(step)
+        summary = self.summary()
+        suffix = f"eval_phase/{self.stream}_stream"
+        for key, name in (("average_accuracy", "AverageAccuracy"), ("backward_transfer", "BWT")):
+            if summary.get(key) is not None:
+                metrics.append(MetricValue(self, f"{name}/{suffix}", summary[key], step))
+        return metrics
 
 
 class LevelStatisticsMetric(PluginMetric[dict]):
@@ -184,7 +249,8 @@ class LevelStatisticsMetric(PluginMetric[dict]):
             value = getattr(self._last, field.name)
             if field.name != "level" and value is not None:
                 name = f"CSL/{field.name}/train_stream"
-                values.append(MetricValue(self, name, float(value), self._last.level))
+                step = strategy.clock.train_exp_counter  # the experiences trained before it
+                values.append(MetricValue(self, name, float(value), step))
         return values
 
     def __str__(self) -> str:

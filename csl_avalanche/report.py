@@ -5,6 +5,9 @@ not change results (the cache folder, progress bars). Each group becomes one row
 with the mean and spread (sample standard deviation) over its seeds of the final accuracy, the
 PGR after each level and the final mean forgetting; the table goes to DIR/report.md and the
 console, with two plots: PGR per level per variant and each variant's mean accuracy matrix.
+Runs of `scenario=class_incremental` get a table of their own (final average accuracy, final
+mean forgetting, backward transfer, PGR, joint accuracy), their accuracy matrices (arrival x
+subdomain) and a plot of the average accuracy against arrivals, one line per configuration.
 
 A run whose PGR is null at a level (results.json's `pgr_note` says why) counts as n/a there:
 it is left out of that level's mean, and the cell says how many runs were n/a. A results.json
@@ -31,9 +34,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from csl_avalanche.errors import ConfigError, refuse  # noqa: E402
 
-NOT_A_SETTING = ("seed", "cache_dir", "progress")  # differ between runs of one configuration
+NOT_A_SETTING = ("seed", "cache_dir", "progress", "resume")  # differ between runs of one config
 PGR_PLOT = "pgr_per_level.png"
 MATRIX_PLOT = "accuracy_matrix.png"
+AVERAGE_ACCURACY_PLOT = "average_accuracy.png"
+ARRIVAL_MATRIX_PLOT = "arrival_accuracy_matrix.png"
+INCREMENTAL = "class_incremental"
 
 
 @dataclass
@@ -64,6 +70,25 @@ class Variant:
 
     def num_levels(self) -> int:
         return max(len(run["levels"]) for run in self.runs)
+
+    @property
+    def scenario(self) -> str:
+        return self.runs[0].get("scenario", "levels")
+
+    def values(self, key: str) -> list[float | None]:
+        """A top-level number of every run (None: n/a), e.g. `final_average_accuracy`."""
+        return [run.get(key) for run in self.runs]
+
+    def average_accuracy(self, arrival: int) -> list[float]:
+        """Each run's average accuracy after `arrival`, for the runs that have it."""
+        return [
+            run["arrivals"][arrival]["average_accuracy"]
+            for run in self.runs
+            if arrival < len(run["arrivals"])
+        ]
+
+    def num_arrivals(self) -> int:
+        return max(len(run["arrivals"]) for run in self.runs)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -127,13 +152,16 @@ def _lacks(run: object) -> str | None:
     """What a results.json lacks for the report, or None."""
     if not isinstance(run, dict):
         return f"holds a JSON {type(run).__name__}, not an object"
+    stages = "arrivals" if run.get("scenario") == INCREMENTAL else "levels"
     missing = [
-        k for k in ("config", "seed", "levels", "subdomains", "accuracy_matrix") if k not in run
+        k for k in ("config", "seed", stages, "subdomains", "accuracy_matrix") if k not in run
     ]
     if missing:
         return f"no {', '.join(missing)}"
     if not isinstance(run["config"], dict):
         return "`config` is not an object"
+    if stages == "arrivals":
+        return _lacks_arrivals(run)
     levels = run["levels"]
     if not isinstance(levels, list) or not levels:
         return "`levels` is not a non-empty list"
@@ -142,6 +170,22 @@ def _lacks(run: object) -> str | None:
             return f"levels[{index}] has no student_accuracy"
         if "pgr" not in level or not (level["pgr"] is None or _is_number(level["pgr"])):
             return f"levels[{index}] has no pgr (a number or null)"
+    return None
+
+
+def _lacks_arrivals(run: dict) -> str | None:
+    """What a class-incremental results.json lacks for the report, or None."""
+    arrivals = run["arrivals"]
+    if not isinstance(arrivals, list) or not arrivals:
+        return "`arrivals` is not a non-empty list"
+    for index, arrival in enumerate(arrivals):
+        if not isinstance(arrival, dict) or not _is_number(arrival.get("average_accuracy")):
+            return f"arrivals[{index}] has no average_accuracy"
+    if not _is_number(run.get("final_average_accuracy")):
+        return "no final_average_accuracy"
+    for key in ("final_mean_forgetting", "final_backward_transfer", "pgr", "joint_accuracy"):
+        if key not in run or not (run[key] is None or _is_number(run[key])):
+            return f"no {key} (a number or null)"
     return None
 
 
@@ -195,6 +239,42 @@ def markdown_table(variants: list[Variant]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def arrival_table(variants: list[Variant]) -> str:
+    """One row per class-incremental variant: seeds, final average accuracy, final mean
+    forgetting, final backward transfer, final PGR, joint accuracy."""
+    keys = {
+        "final average accuracy": "final_average_accuracy",
+        "final mean forgetting": "final_mean_forgetting",
+        "backward transfer": "final_backward_transfer",
+        "PGR": "pgr",
+        "joint accuracy": "joint_accuracy",
+    }
+    head = ["variant", "seeds", *keys]
+    rows = [head, ["---"] * len(head)]
+    for v in variants:
+        row = [v.label, ",".join(map(str, v.seeds))]
+        rows.append(row + [_cell(v.values(key)) for key in keys.values()])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def plot_average_accuracy(variants: list[Variant], path: Path) -> None:
+    """Average accuracy over the arrived subdomains against arrivals, a line per variant."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in variants:
+        arrivals = range(v.num_arrivals())
+        stats = [mean_spread(v.average_accuracy(arrival)) for arrival in arrivals]
+        means, spreads = zip(*stats, strict=True)
+        ax.errorbar(list(arrivals), means, yerr=spreads, marker="o", capsize=3, label=v.label)
+    ax.set_xlabel("arrival")
+    ax.set_ylabel("average accuracy over arrived subdomains\n(mean ± sd over seeds)")
+    ax.set_xticks(range(max(v.num_arrivals() for v in variants)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_pgr(variants: list[Variant], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in variants:
@@ -212,8 +292,8 @@ def plot_pgr(variants: list[Variant], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_matrices(variants: list[Variant], path: Path) -> None:
-    """One heatmap per variant: mean over seeds of accuracy[level, subdomain]."""
+def plot_accuracy_matrices(variants: list[Variant], path: Path, rows_are: str = "level") -> None:
+    """One heatmap per variant: mean over seeds of accuracy[level (or arrival), subdomain]."""
     cols = min(3, len(variants))
     rows = math.ceil(len(variants) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
@@ -229,7 +309,7 @@ def plot_accuracy_matrices(variants: list[Variant], path: Path) -> None:
         subdomains = v.runs[0]["subdomains"]
         ax.set_xticks(range(len(subdomains)), subdomains, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(mean)))
-        ax.set_ylabel("after level")
+        ax.set_ylabel(f"after {rows_are}")
         ax.set_title(v.label, fontsize=8)
         for i, row in enumerate(mean):
             for j, value in enumerate(row):
@@ -242,23 +322,47 @@ def plot_accuracy_matrices(variants: list[Variant], path: Path) -> None:
 
 
 def write_report(root: Path) -> str:
-    """Write report.md and the plots into `root`; return the table."""
+    """Write report.md and the plots into `root`; return the table(s)."""
     variants = load_variants(root)
-    table = markdown_table(variants)
-    plot_pgr(variants, root / PGR_PLOT)
-    plot_accuracy_matrices(variants, root / MATRIX_PLOT)
+    levels = [v for v in variants if v.scenario != INCREMENTAL]
+    incremental = [v for v in variants if v.scenario == INCREMENTAL]
+    tables, sections = [], []
+    if levels:
+        table = markdown_table(levels)
+        plot_pgr(levels, root / PGR_PLOT)
+        plot_accuracy_matrices(levels, root / MATRIX_PLOT)
+        tables.append(table)
+        sections.append(
+            "Mean ± sample standard deviation over seeds. Final accuracy and mean forgetting are "
+            "taken after the last level; forgetting per finest subdomain is the best accuracy "
+            "after any earlier level minus the accuracy now. PGR n/a: PGR is null in "
+            "results.json (its `pgr_note` says why) and is left out of the mean.\n\n"
+            f"{table}\n\n"
+            f"![PGR per level]({PGR_PLOT})\n\n"
+            f"![accuracy per level and subdomain]({MATRIX_PLOT})\n"
+        )
+    if incremental:
+        table = arrival_table(incremental)
+        plot_average_accuracy(incremental, root / AVERAGE_ACCURACY_PLOT)
+        plot_accuracy_matrices(incremental, root / ARRIVAL_MATRIX_PLOT, rows_are="arrival")
+        tables.append(table)
+        sections.append(
+            "## Class-incremental runs\n\n"
+            "Mean ± sample standard deviation over seeds, after the last arrival. Average "
+            "accuracy: over the arrived subdomains; forgetting of a subdomain: its best "
+            "accuracy since its arrival minus the accuracy now, averaged over the subdomains "
+            "that arrived before the last; backward transfer: the mean change of those since "
+            "right after their arrival; PGR: of the accuracy on the whole test split; joint "
+            "accuracy: the levels protocol on all the data, in the same run (n/a: skipped).\n\n"
+            f"{table}\n\n"
+            f"![average accuracy against arrivals]({AVERAGE_ACCURACY_PLOT})\n\n"
+            f"![accuracy per arrival and subdomain]({ARRIVAL_MATRIX_PLOT})\n"
+        )
     runs = sum(len(v.runs) for v in variants)
     (root / "report.md").write_text(
-        f"# CSL report: {runs} runs, {len(variants)} configurations\n\n"
-        "Mean ± sample standard deviation over seeds. Final accuracy and mean forgetting are "
-        "taken after the last level; forgetting per finest subdomain is the best accuracy "
-        "after any earlier level minus the accuracy now. PGR n/a: PGR is null in results.json "
-        "(its `pgr_note` says why) and is left out of the mean.\n\n"
-        f"{table}\n\n"
-        f"![PGR per level]({PGR_PLOT})\n\n"
-        f"![accuracy per level and subdomain]({MATRIX_PLOT})\n"
+        f"# CSL report: {runs} runs, {len(variants)} configurations\n\n" + "\n".join(sections)
     )
-    return table
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> None:

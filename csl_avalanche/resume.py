@@ -1,7 +1,8 @@
 """Resuming a killed run: the run folder's `checkpoint.pt` says what is done.
 
 A run is a sequence of units of work: the ground-truth ceiling, then each level with its
-evaluation. After each, `RunProgress` writes the checkpoint (atomically; see
+evaluation (or, with scenario=class_incremental, the joint reference and then each arrival with
+its evaluation). After each, `RunProgress` writes the checkpoint (atomically; see
 `csl_avalanche.checkpoint` for what it holds). Running the same command again with the same
 `hydra.run.dir` continues after the last completed unit, with the same numbers as an
 uninterrupted run; a finished run is not run again. A folder holding a run of another
@@ -76,8 +77,10 @@ class RunProgress:
             "config": config,
             "ceiling": None,  # {"accuracy": float, "steps": int} once trained
             "levels": [],  # results.json's entry for each completed level
-            "train_seconds": [],
-            "strategy": None,  # checkpoint.strategy_state after the last completed level
+            "joint": None,  # class_incremental: {"accuracy": float} once the reference is trained
+            "arrivals": [],  # class_incremental: results.json's entry for each completed arrival
+            "train_seconds": [],  # one per completed level or arrival
+            "strategy": None,  # checkpoint.strategy_state after the last completed level/arrival
             "rng": None,
             "logs": {},  # log file -> size at the checkpoint
             "results": None,  # the whole results.json once finished
@@ -130,24 +133,49 @@ class RunProgress:
     def levels(self) -> list[dict]:
         return self.state["levels"]
 
+    @property
+    def joint(self) -> dict | None:
+        return self.state["joint"]
+
+    @property
+    def arrivals(self) -> list[dict]:
+        return self.state["arrivals"]
+
     def last_unit(self) -> str:
-        levels = self.state["levels"]
-        return f"level {levels[-1]['level']}" if levels else "the ceiling"
+        levels, arrivals = self.state["levels"], self.state["arrivals"]
+        if arrivals:
+            return f"arrival {arrivals[-1]['arrival']}"
+        if levels:
+            return f"level {levels[-1]['level']}"
+        return "the joint reference" if self.joint else "the ceiling"
 
     def done(self) -> str:
         """`ceiling and levels 0-1 done`, for the log."""
-        levels = [lvl["level"] for lvl in self.state["levels"]]
-        if not levels:
-            return "ceiling done"
-        span = f"level {levels[0]}" if len(levels) == 1 else f"levels {levels[0]}-{levels[-1]}"
-        return f"ceiling and {span} done"
+        parts = ["ceiling"] + (["joint reference"] if self.joint else [])
+        for kind, key in (("level", "levels"), ("arrival", "arrivals")):
+            done = [unit[kind] for unit in self.state[key]]
+            if done:
+                parts.append(
+                    f"{kind} {done[0]}" if len(done) == 1 else f"{kind}s {done[0]}-{done[-1]}"
+                )
+        return " and ".join(parts) + " done"
 
     def save_ceiling(self, accuracy: float, steps: int, evaluator: Any) -> None:
         self.state["ceiling"] = {"accuracy": accuracy, "steps": steps}
         self._save(evaluator)
 
+    def save_joint(self, accuracy: float, evaluator: Any) -> None:
+        self.state["joint"] = {"accuracy": accuracy}
+        self._save(evaluator)
+
     def save_level(self, result: dict, train_seconds: float, strategy: Any) -> None:
-        self.state["levels"].append(result)
+        self._save_stage("levels", result, train_seconds, strategy)
+
+    def save_arrival(self, result: dict, train_seconds: float, strategy: Any) -> None:
+        self._save_stage("arrivals", result, train_seconds, strategy)
+
+    def _save_stage(self, key: str, result: dict, train_seconds: float, strategy: Any) -> None:
+        self.state[key].append(result)
         self.state["train_seconds"].append(train_seconds)
         if is_main():  # the only rank that writes it
             self.state["strategy"] = strategy_state(strategy)
@@ -158,8 +186,8 @@ class RunProgress:
         self._save(None)
 
     def restore(self, strategy: Any) -> None:
-        """Put the strategy, and the random generators, where the last completed level left
-        them (nothing to do before the first level)."""
+        """Put the strategy, and the random generators, where the last completed level (or
+        arrival) left them (nothing to do before the first)."""
         if self.state["strategy"] is not None:
             load_strategy_state(strategy, self.state["strategy"])
             set_rng_state(self.state["rng"])

@@ -46,15 +46,51 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def arrival_table(results: dict) -> str:
+    """The class-incremental results, one row per arrival, as an aligned text table: accuracy
+    on the whole test split, average accuracy over the arrived subdomains, mean forgetting of
+    the earlier ones, PGR; `-` where a value does not exist (no earlier arrival, ground truth's
+    missing co-supervision statistics), `n/a` for a null PGR."""
+    joint = results["joint_accuracy"]
+    head = (
+        f"{'arrival':>7} {'subdomain':>16} {'teachers':>8} {'keep':>6} {'accuracy':>8} "
+        f"{'avg_acc':>7} {'forgetting':>10} {'PGR':>7}"
+    )
+    rows = [
+        f"weak (level-0 generalist) accuracy {results['weak_accuracy']:.4f}   "
+        f"ceiling (ground truth) accuracy {results['ceiling_accuracy']:.4f}",
+        f"joint (levels protocol, all data at once) accuracy "
+        f"{'n/a' if joint is None else f'{joint:.4f}'}",
+        head,
+        "-" * len(head),
+    ]
+    for entry in results["arrivals"]:
+        rows.append(
+            f"{entry['arrival']:>7} {entry['subdomain']:>16} "
+            f"{_shown(entry.get('num_teachers'), 'd', 8)} "
+            f"{_shown(entry.get('keep_rate'), '.3f', 6)} "
+            f"{entry['accuracy']:>8.4f} {entry['average_accuracy']:>7.4f} "
+            f"{_shown(entry['mean_forgetting'], '.4f', 10)} "
+            f"{'n/a' if entry['pgr'] is None else format(entry['pgr'], '.3f'):>7}"
+        )
+    return "\n".join(rows)
+
+
+def _shown(value: float | None, spec: str, width: int) -> str:
+    return format("-" if value is None else format(value, spec), f">{width}")
+
+
 def pgr_warnings(results: dict) -> list[str]:
-    """One `warning:` line per reason why PGR is n/a, naming the levels it applies to."""
-    levels_by_note: dict[str, list[str]] = {}
-    for lvl in results["levels"]:
-        if lvl.get("pgr_note"):
-            levels_by_note.setdefault(lvl["pgr_note"], []).append(str(lvl["level"]))
+    """One `warning:` line per reason why PGR is n/a, naming the levels (or arrivals) it
+    applies to."""
+    unit = "arrival" if results.get("scenario") == "class_incremental" else "level"
+    units_by_note: dict[str, list[str]] = {}
+    for entry in results[f"{unit}s"]:
+        if entry.get("pgr_note"):
+            units_by_note.setdefault(entry["pgr_note"], []).append(str(entry[unit]))
     return [
-        f"warning: PGR is n/a at level {', '.join(levels)}: {note}"
-        for note, levels in levels_by_note.items()
+        f"warning: PGR is n/a at {unit} {', '.join(units)}: {note}"
+        for note, units in units_by_note.items()
     ]
 
 
@@ -72,7 +108,8 @@ def main(cfg: DictConfig) -> dict:
 
     if not is_main():  # under torchrun, rank 0 reports for all (the same results)
         return results
-    print(summary_table(results))
+    incremental = results.get("scenario") == "class_incremental"
+    print(arrival_table(results) if incremental else summary_table(results))
     for line in pgr_warnings(results):
         print(line, file=sys.stderr)
     print(f"results: {run_dir / 'results.json'}   tensorboard --logdir {run_dir / 'tb'}")

@@ -23,7 +23,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from csl_avalanche import cosupervision as cs
 from csl_avalanche.errors import ConfigError, refuse
 
-STRATEGY_NAMES = ("csl", "w2s")  # experiment.STRATEGIES
+STRATEGY_NAMES = ("csl", "w2s", "ground_truth")  # experiment.STRATEGIES, and ground truth
+SCENARIOS = ("levels", "class_incremental")
+ARRIVAL_ORDERS = ("hierarchy", "random")  # or a list of finest-subdomain positions
 RESULTS = "results.json"
 TENSORBOARD = "tb"
 _ABSENT = object()
@@ -119,6 +121,9 @@ SETTINGS: dict[str, Rule] = {
     "progress": BOOLEAN,
     "resume": BOOLEAN,
     "cache_dir": PATH,
+    "scenario.name": choice(*SCENARIOS),
+    "scenario.order": either(choice(*ARRIVAL_ORDERS), list_of(whole(0))),
+    "scenario.joint_reference": BOOLEAN,
     "strategy.name": choice(*STRATEGY_NAMES),
     "strategy.assignment": choice(*cs.TARGET_RULES),
     "strategy.labels": choice(*cs.LABEL_KINDS),
@@ -171,6 +176,32 @@ def check_settings(cfg: DictConfig) -> None:
         if value is not _ABSENT:
             _check(key, _plain(value), rule)
     check_plugin_settings(_plain(cfg.get("plugins")))
+    check_scenario(cfg)
+
+
+def check_scenario(cfg: DictConfig) -> None:
+    """The settings that must agree with the scenario: the class-incremental student is
+    continual, and the ground-truth strategy is that scenario's diagnostic (in the levels
+    scenario the student on ground truth is the ceiling)."""
+    scenario = OmegaConf.select(cfg, "scenario.name", default="levels")
+    strategy = OmegaConf.select(cfg, "strategy.name", default="csl")
+    if scenario == "class_incremental" and OmegaConf.select(cfg, "strategy.reinit_student"):
+        raise ConfigError(
+            "strategy.reinit_student=true restarts the student at every experience, but with "
+            "scenario=class_incremental the student is continual: it must keep what earlier "
+            "arrivals taught it; drop the setting (the scenario sets false)"
+        )
+    if strategy == "ground_truth" and scenario != "class_incremental":
+        raise ConfigError(
+            "strategy=ground_truth trains the class-incremental stream on true labels: add "
+            "scenario=class_incremental; in the levels scenario the student on ground truth is "
+            "the ceiling, reported as ceiling_accuracy"
+        )
+    if strategy == "ground_truth" and OmegaConf.select(cfg, "strategy.labels") != "hard":
+        raise ConfigError(
+            "strategy=ground_truth trains on the true classes, which are hard labels; drop "
+            "strategy.labels=soft"
+        )
 
 
 def check_plugin_settings(plugins: Mapping[str, Mapping[str, Any]] | None) -> None:
@@ -227,6 +258,29 @@ def check_against_data(
         raise ConfigError(
             f"plugins.lwf.alpha lists {len(alpha)} weights, but the hierarchy has {num_levels} "
             f"levels; give one per level, or a single number"
+        )
+
+
+def check_arrivals_against_data(
+    cfg: DictConfig, *, arrival_sizes: Mapping[str, int], num_experiences: int
+) -> None:
+    """The class-incremental settings that depend on the data, checked before any training:
+    one training batch fits in every arrival's pool samples (its first phase trains on all of
+    them), and a list of LwF weights has one for each of the stream's `num_experiences`."""
+    batch_size = cfg.strategy.batch_size
+    small = {name: size for name, size in arrival_sizes.items() if size < batch_size}
+    if small:
+        shown = ", ".join(f"{name} ({size})" for name, size in small.items())
+        raise ConfigError(
+            f"strategy.batch_size={batch_size} is larger than the pool samples of arrival "
+            f"{shown}, so not one training batch fits; use strategy.batch_size="
+            f"{min(small.values())} or less"
+        )
+    alpha = OmegaConf.select(cfg, "plugins.lwf.alpha")
+    if isinstance(alpha, ListConfig) and len(alpha) < num_experiences:
+        raise ConfigError(
+            f"plugins.lwf.alpha lists {len(alpha)} weights, but the class-incremental stream "
+            f"trains {num_experiences} experiences; give one per experience, or a single number"
         )
 
 

@@ -7,15 +7,17 @@ from csl_avalanche.strategies.student import StudentTemplate
 
 
 class WeakToStrong(CSLStrategy):
-    """Burns et al.'s weak-to-strong: the student on the level-0 generalist's labels only."""
+    """Burns et al.'s weak-to-strong: the student on the level-0 generalist's labels only (level
+    0 of the levels stream; the first phase of each class-incremental arrival)."""
 
-    max_levels = 1
+    routes = False
 
 
 class GroundTruthCeiling(StudentTemplate):
     """The same student with the same budget on the pool's ground truth: PGR's ceiling.
 
-    Train it on `benchmark.ceiling_stream`, the only stream whose labels are ground truth.
+    Train it on `benchmark.ceiling_stream`, or, as the class-incremental diagnostic, on an
+    arrival benchmark's `ground_truth_stream`: the only streams whose labels are ground truth.
     """
 
     def __init__(self, **kwargs):

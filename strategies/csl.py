@@ -1,4 +1,5 @@
-"""Co-Supervised Learning as an Avalanche strategy: one experience per hierarchy level."""
+"""Co-Supervised Learning as an Avalanche strategy: one experience per hierarchy level (or per
+phase of a class-incremental arrival)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from csl_avalanche.strategies.student import StudentTemplate
 class CSLStrategy(StudentTemplate):
     """The student trained coarse to fine; a CoSupervisionPlugin relabels and filters each level.
 
-    Train it on `benchmark.train_stream` one level at a time (the first `max_levels` levels;
-    None: all). `assignment`, `denoise` and `scale_epochs` go to the plugin; the rest to
+    Train it on `benchmark.train_stream` one experience at a time (`levels(stream)`: those it
+    takes; with `routes=False`, only the experiences the student does not route, the
+    generalist's). `assignment`, `denoise` and `scale_epochs` go to the plugin; the rest to
     StudentTemplate.
     """
 
-    max_levels: int | None = None
+    routes: bool = True
 
     def __init__(
         self,
@@ -44,9 +46,10 @@ class CSLStrategy(StudentTemplate):
     def level_statistics(self) -> list[LevelStatistics]:
         return self.cosupervision.stats
 
-    def levels(self, stream) -> list:
-        """The experiences of `stream` (a CSL train stream) that this strategy trains on."""
-        return list(stream)[: self.max_levels]
+    @classmethod
+    def levels(cls, stream) -> list:
+        """The experiences of `stream` (a stream of TeacherExperiences) this strategy trains on."""
+        return [experience for experience in stream if cls.routes or not experience.routed]
 
     def train(self, experiences, eval_streams=None, **kwargs):
         """Trains on copies of the experiences (Avalanche's `experience.logging()`, which keeps
@@ -55,10 +58,11 @@ class CSLStrategy(StudentTemplate):
         train other strategies, and each level's filtered dataset is freed with the copy."""
         batch = [experiences] if isinstance(experiences, CLExperience) else list(experiences)
         for experience in batch:
-            if self.max_levels is not None and experience.level >= self.max_levels:
+            if experience.routed and not self.routes:
                 raise ValueError(
-                    f"{type(self).__name__} trains on the first {self.max_levels} level(s) only, "
-                    f"got level {experience.level}"
+                    f"{type(self).__name__} trains on the generalist's labels only, got "
+                    f"{experience.label}, which the student routes among "
+                    f"{experience.num_teachers} teachers"
                 )
         copies = [experience.logging() for experience in batch]
         return super().train(copies, eval_streams, **kwargs)

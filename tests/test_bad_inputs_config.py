@@ -47,7 +47,7 @@ BAD_SETTINGS = [
     (["device=gpu"], ["device must be one of auto, cpu, cuda", "got 'gpu'"]),
     (["progress=yes"], ["progress must be true or false", "got 'yes'"]),
     (["cache_dir=null"], ["cache_dir must be a folder path", "got None"]),
-    (["strategy.name=fancy"], ["strategy.name must be one of csl, w2s", "got 'fancy'"]),
+    (["strategy.name=fancy"], ["strategy.name must be one of csl, w2s, ground_truth", "'fancy'"]),
     (["strategy.assignment=random"], ["strategy.assignment", "likelihood", "got 'random'"]),
     (["strategy.labels=fuzzy"], ["strategy.labels must be one of hard, soft", "got 'fuzzy'"]),
     (["strategy.denoise=top0"], ["strategy.denoise", "topK with K >= 1", "got 'top0'"]),
@@ -87,20 +87,30 @@ def test_bad_setting_is_refused_up_front(tmp_path, overrides, phrases):
 
 
 def test_every_shipped_config_passes_the_checks():
-    """The rules refuse no combination of the shipped benchmark, strategy and plugins groups."""
+    """The rules refuse no combination of the shipped benchmark, strategy, plugins and scenario
+    groups (ground truth is the class-incremental scenario's diagnostic only)."""
     with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
         for benchmark in ("digits", "fashion_mnist", "features", "imagefolder", "imagenet_w2s",
                           "cifar100", "domainnet"):  # fmt: skip
-            for strategy in ("csl", "w2s", "oracle", "ensemble"):
-                overrides = [f"benchmark={benchmark}", f"strategy={strategy}"]
-                check_settings(compose("config", [*overrides, "plugins=[replay,ewc,lwf]"]))
+            for scenario, strategies in SHIPPED_STRATEGIES.items():
+                for strategy in strategies:
+                    overrides = [f"benchmark={benchmark}", f"strategy={strategy}"]
+                    overrides += [f"scenario={scenario}", "plugins=[replay,ewc,lwf]"]
+                    check_settings(compose("config", overrides))
+
+
+SHIPPED_STRATEGIES = {
+    "levels": ("csl", "w2s", "oracle", "ensemble"),
+    "class_incremental": ("csl", "w2s", "oracle", "ensemble", "ground_truth"),
+}
 
 
 def test_the_tables_name_what_the_code_builds():
     from csl_avalanche.experiment import STRATEGIES
+    from csl_avalanche.incremental_experiment import GROUND_TRUTH
     from csl_avalanche.plugins.continual import CONTINUAL_PLUGINS
 
-    assert set(STRATEGY_NAMES) == set(STRATEGIES)
+    assert set(STRATEGY_NAMES) == {*STRATEGIES, GROUND_TRUTH}
     assert set(PLUGIN_SETTINGS) == set(CONTINUAL_PLUGINS)
 
 

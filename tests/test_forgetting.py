@@ -12,7 +12,12 @@ from continual_helpers import run_csl
 
 from csl_avalanche.benchmark import make_csl_benchmark
 from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.forgetting import forgetting
+from csl_avalanche.forgetting import (
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forgetting_since_arrival,
+)
 from csl_avalanche.metrics import SubdomainForgettingMetric
 from csl_avalanche.models import linear_probe
 from csl_avalanche.strategies import CSLStrategy
@@ -38,6 +43,28 @@ def test_forgetting_needs_two_levels_of_equal_width():
         forgetting(MATRIX[:1])
     with pytest.raises(ValueError, match="differ in length"):
         forgetting([[0.5, 0.5], [0.5]])
+
+
+# Accuracy on subdomains (columns) after arrivals 0, 1, 2; column j arrives at ARRIVED_AT[j].
+ARRIVAL_MATRIX = [
+    [0.1, 0.0, 0.9],
+    [0.8, 0.2, 0.5],
+    [0.6, 0.7, 0.4],
+]
+ARRIVED_AT = [1, 2, 0]
+
+
+def test_class_incremental_summaries_by_hand():
+    matrix, at = ARRIVAL_MATRIX, ARRIVED_AT
+    # After arrival 1: only column 2 arrived before it: 0.9 - 0.5.
+    assert forgetting_since_arrival(matrix[:2], at) == pytest.approx([None, None, 0.4])
+    # After arrival 2: column 0 since arrival 1 (0.8, not the 0.1 before it), column 2 since 0.
+    assert forgetting_since_arrival(matrix, at) == pytest.approx([0.2, None, 0.5])
+    assert backward_transfer(matrix, at) == pytest.approx(((0.6 - 0.8) + (0.4 - 0.9)) / 2)
+    assert backward_transfer(matrix[:1], at) is None
+    assert average_accuracy(matrix[:1], at) == pytest.approx(0.9)
+    assert average_accuracy(matrix[:2], at) == pytest.approx((0.8 + 0.5) / 2)
+    assert average_accuracy(matrix, at) == pytest.approx((0.6 + 0.7 + 0.4) / 3)
 
 
 def test_metric_rows_are_avalanche_subdomain_accuracies(tiny_features):

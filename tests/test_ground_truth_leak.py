@@ -1,5 +1,6 @@
 """No ground-truth label of the pool reaches a replay buffer, EWC's Fisher pass, LwF's class
-bookkeeping or a training loss.
+bookkeeping or a training loss, in the levels scenario and in the class-incremental one (whose
+stream is cut by the pool's classes, but labelled by teachers only).
 
 The pool's ground truth is rewritten so that, for every sample, it differs from the label of
 every teacher; each label the student's machinery sees is traced back to its sample by the
@@ -20,10 +21,11 @@ from continual_helpers import SMALL_PLUGINS, run_csl
 from torch.utils.data import DataLoader
 
 from csl_avalanche.benchmark import make_csl_benchmark
+from csl_avalanche.class_incremental import by_arrival, make_arrival_benchmark
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.models import linear_probe
 from csl_avalanche.plugins.continual import build_continual_plugins
-from csl_avalanche.strategies import GroundTruthCeiling
+from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling
 
 
 def ground_truth_apart_from_teachers() -> FeatureSet:
@@ -130,8 +132,33 @@ def spy_on_lwf(lwf: LwFPlugin, experiences: list) -> None:
     lwf.lwf.post_adapt = spied
 
 
+def run_arrivals(features: FeatureSet, *, labels: str, probes: tuple) -> int:
+    """CSL on the class-incremental stream (every phase of every arrival), evaluated after
+    each arrival; returns the number of train experiences."""
+    benchmark = make_arrival_benchmark(features, [1, 0])  # 29 and 211 samples
+    torch.manual_seed(0)
+    strategy = CSLStrategy(
+        model=linear_probe(features.train_x.shape[1], features.num_classes),
+        features=features,
+        labels=labels,
+        reinit_student=False,
+        lr=0.01,
+        epochs=2,
+        batch_size=8,
+        device="cpu",
+        evaluator=EvaluationPlugin(loggers=[]),
+        plugins=list(probes),
+    )
+    for group in by_arrival(benchmark.train_stream):
+        for experience in group:
+            strategy.train(experience, eval_streams=[])
+        strategy.eval(benchmark.test_stream)
+    return len(benchmark.train_stream)
+
+
+@pytest.mark.parametrize("scenario", ["levels", "class_incremental"])
 @pytest.mark.parametrize("labels", ["hard", "soft"])
-def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels):
+def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels, scenario):
     features = ground_truth_apart_from_teachers()
     audit = LabelAudit(features)
     loss, experiences = LossProbe(audit), ExperienceProbe(audit)
@@ -140,7 +167,13 @@ def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels):
     spy_on_fisher(ewc, fisher_datasets, fisher_labels)
     spy_on_lwf(lwf, lwf_experiences)
 
-    run_csl(features, labels=labels, probes=(replay, ewc, lwf, loss, experiences))
+    probes = (replay, ewc, lwf, loss, experiences)
+    if scenario == "levels":
+        run_csl(features, labels=labels, probes=probes)
+        trained = 2
+    else:
+        trained = run_arrivals(features, labels=labels, probes=probes)
+        assert trained == 4  # two arrivals, two phases each
 
     # Training losses, replayed samples included.
     assert loss.batches > 0 and loss.hits == 0
@@ -153,12 +186,12 @@ def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels):
     buffered = torch.tensor([int(buffer[i][1]) for i in range(len(buffer))])
     assert torch.equal(torch.tensor(list(buffer.targets)), buffered)
     # EWC's importance pass: the datasets it read and the labels its loss was given.
-    assert len(fisher_datasets) == 2
+    assert len(fisher_datasets) == trained
     assert sum(audit.dataset_hits(d) for d in fisher_datasets) == 0
     read = torch.cat([torch.cat([b[1] for b in DataLoader(d, 16)]) for d in fisher_datasets])
     assert torch.equal(torch.cat(fisher_labels), read)
     # LwF's class bookkeeping: the experiences it read, and the classes it keeps.
-    assert len(lwf_experiences) == 2
+    assert len(lwf_experiences) == trained
     classes = set()
     for experience in lwf_experiences:
         assert audit.dataset_hits(experience.dataset) == 0
@@ -166,8 +199,10 @@ def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels):
     assert lwf.lwf.prev_classes_by_task[0] == classes
 
 
-def test_the_audit_catches_ground_truth():
-    """Control: the same probes on the ceiling (trained on ground truth) must report it."""
+@pytest.mark.parametrize("stream", ["ceiling", "ground_truth arrivals"])
+def test_the_audit_catches_ground_truth(stream):
+    """Control: the same probes on the ceiling, or on the class-incremental ground-truth
+    diagnostic (both trained on ground truth), must report it."""
     features = ground_truth_apart_from_teachers()
     audit = LabelAudit(features)
     loss, experiences = LossProbe(audit), ExperienceProbe(audit)
@@ -180,6 +215,10 @@ def test_the_audit_catches_ground_truth():
         evaluator=EvaluationPlugin(loggers=[]),
         plugins=[loss, experiences],
     )
-    strategy.train(make_csl_benchmark(features).ceiling_stream[0], eval_streams=[])
+    if stream == "ceiling":
+        strategy.train(make_csl_benchmark(features).ceiling_stream[0], eval_streams=[])
+    else:
+        for experience in make_arrival_benchmark(features, [0, 1]).ground_truth_stream:
+            strategy.train(experience, eval_streams=[])
     n = len(features.train_y)
     assert loss.hits == n and experiences.hits == 2 * n

@@ -82,6 +82,85 @@ def test_report_without_runs_says_so(tmp_path):
     assert not (tmp_path / "report.md").exists()
 
 
+def fake_arrival_run(
+    seed: int, plugins: dict, average: list[float], forgetting: float, pgr: float | None
+) -> dict:
+    return {
+        "scenario": "class_incremental",
+        "arrivals": [{"arrival": t, "average_accuracy": a} for t, a in enumerate(average)],
+        "subdomains": ["classes_0-1", "classes_2-3"],
+        "accuracy_matrix": [[0.9, 0.1], [0.9 - forgetting, 0.8]],
+        "final_average_accuracy": average[-1],
+        "final_mean_forgetting": forgetting,
+        "final_backward_transfer": -forgetting,
+        "pgr": pgr,
+        "joint_accuracy": 0.9,
+        "seed": seed,
+        "config": {
+            "seed": seed,
+            "plugins": plugins,
+            "scenario": {"name": "class_incremental"},
+            "strategy": {"name": "csl", "reinit_student": False},
+        },
+    }
+
+
+def write_runs(root: Path, runs: list[dict]) -> Path:
+    for job, run in enumerate(runs):
+        (root / str(job)).mkdir(parents=True)
+        (root / str(job) / "results.json").write_text(json.dumps(run))
+    return root
+
+
+def test_class_incremental_runs_get_their_table_and_plots(tmp_path, capsys):
+    root = write_runs(
+        tmp_path,
+        [
+            fake_arrival_run(0, {}, [0.9, 0.5], 0.4, -1.0),
+            fake_arrival_run(1, {}, [0.9, 0.7], 0.2, None),
+            fake_arrival_run(0, {"replay": {"mem_size": 200}}, [0.9, 0.8], 0.1, 0.5),
+        ],
+    )
+    main([str(root)])
+    report = (root / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| plugins")]
+    assert rows == [
+        "| plugins=[] | 0,1 | 0.600 ± 0.141 | 0.300 ± 0.141 | -0.300 ± 0.141 "
+        "| -1.000 ± 0.000 (1 n/a) | 0.900 ± 0.000 |",
+        "| plugins=[replay] | 0 | 0.800 ± 0.000 | 0.100 ± 0.000 | -0.100 ± 0.000 "
+        "| 0.500 ± 0.000 | 0.900 ± 0.000 |",
+    ]
+    printed = capsys.readouterr().out
+    assert all(row in printed for row in rows)
+    for plot in ("average_accuracy.png", "arrival_accuracy_matrix.png"):
+        assert plot in report
+        assert (root / plot).read_bytes()[:4] == PNG
+    assert not (root / "pgr_per_level.png").exists()  # no levels run
+
+
+def test_a_sweep_of_both_scenarios_reports_each(tmp_path):
+    root = write_runs(
+        tmp_path,
+        [fake_run(0, {}, [0.2, 0.4], 0.1), fake_arrival_run(0, {}, [0.9, 0.6], 0.3, 0.1)],
+    )
+    tables = write_report(root)
+    assert "PGR L1" in tables and "final average accuracy" in tables
+    report = (root / "report.md").read_text()
+    assert report.index("PGR L1") < report.index("## Class-incremental runs")
+    for plot in ("pgr_per_level.png", "accuracy_matrix.png", "average_accuracy.png"):
+        assert (root / plot).read_bytes()[:4] == PNG
+
+
+def test_a_class_incremental_run_without_its_summaries_is_skipped(tmp_path):
+    broken = fake_arrival_run(0, {}, [0.9, 0.6], 0.3, 0.1)
+    del broken["final_mean_forgetting"]
+    root = write_runs(tmp_path, [broken, fake_arrival_run(1, {}, [0.9, 0.6], 0.3, 0.1)])
+    warnings = []
+    variants = load_variants(root, warn=warnings.append)
+    assert [v.seeds for v in variants] == [[1]]
+    assert "no final_mean_forgetting (a number or null)" in warnings[0]
+
+
 def test_multirun_over_continual_mode_and_plugins_then_report(tmp_path):
     """The sweep command of the README, shrunk: Hydra selects several plugins from one group."""
     sweep = tmp_path / "sweep"

@@ -65,6 +65,13 @@ def test_student_accuracy_is_the_test_size_weighted_mean_of_subdomain_accuracy(d
         assert lvl["student_accuracy"] == pytest.approx(weighted, abs=1e-9)
 
 
+def test_the_default_is_the_levels_scenario_with_the_numbers_of_the_readme(default_run):
+    _, results = default_run
+    assert results["scenario"] == "levels"
+    assert results["config"]["scenario"] == {"name": "levels"}
+    assert [round(lvl["pgr"], 3) for lvl in results["levels"]] == [0.388, 0.507, 0.627]
+
+
 def test_same_config_and_seed_give_the_same_numbers(default_run, tmp_path):
     _, first = default_run
     second = run_cli(tmp_path / "again")  # also reuses the cache of the first run
@@ -189,7 +196,7 @@ def test_divergence_plugin_remembers_a_bad_loss_until_the_epoch_ends_and_checks_
     strategy = SimpleNamespace(
         model=model,
         device="cpu",
-        experience=SimpleNamespace(level=2),
+        experience=SimpleNamespace(label="level 2"),
         clock=SimpleNamespace(train_exp_epochs=3),
     )
     plugin.before_training_epoch(strategy)

@@ -47,6 +47,6 @@ class DivergencePlugin(SupervisedPlugin, supports_distributed=True):
             self._stop(strategy, f"the student's weights {bad} are NaN or Inf after training")
 
     def _stop(self, strategy, what: str) -> None:
-        level = getattr(strategy.experience, "level", None)
-        where = self.name if level is None else f"{self.name} level {level}"
+        label = getattr(strategy.experience, "label", None)  # "level 1", "arrival 2 (...)"
+        where = self.name if label is None else f"{self.name} {label}"
         raise ConfigError(f"{where}: {what}: the student diverged; {self.advice}")

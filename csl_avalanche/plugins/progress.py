@@ -17,10 +17,11 @@ class EpochProgressPlugin(SupervisedPlugin, supports_distributed=True):
         self._bar: tqdm | None = None
 
     def before_training_exp(self, strategy, **kwargs) -> None:
-        level = getattr(strategy.experience, "level", strategy.clock.train_exp_counter)
+        counter = strategy.clock.train_exp_counter
+        label = getattr(strategy.experience, "label", f"level {counter}")
         self._bar = tqdm(
             total=strategy.train_epochs,
-            desc=f"{self.name} level {level}",
+            desc=f"{self.name} {label}",
             unit="epoch",
             leave=False,
         )
