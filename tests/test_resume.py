@@ -82,7 +82,7 @@ def test_a_run_that_crashed_in_level_2_resumes_with_the_same_results(
 
 
 def test_sigkill_after_level_1_then_rerun_continues_without_retraining(tmp_path):
-    overrides = ("strategy.epochs=80",)  # each level takes a second or more: time to kill
+    overrides = ("strategy.epochs=40",)  # each level takes half a second or more: time to kill
     cache = tmp_path / "cache"
     expected = run_cli(tmp_path / "whole", *overrides, cache_dir=cache)
 
