@@ -259,7 +259,8 @@ def arrival_table(variants: list[Variant]) -> str:
 
 def plot_average_accuracy(variants: list[Variant], path: Path) -> None:
     """Average accuracy over the arrived subdomains against arrivals, a line per variant."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 20 distinct colours: one per variant
     for v in variants:
         arrivals = range(v.num_arrivals())
         stats = [mean_spread(v.average_accuracy(arrival)) for arrival in arrivals]
@@ -269,7 +270,7 @@ def plot_average_accuracy(variants: list[Variant], path: Path) -> None:
     ax.set_ylabel("average accuracy over arrived subdomains\n(mean ± sd over seeds)")
     ax.set_xticks(range(max(v.num_arrivals() for v in variants)))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
