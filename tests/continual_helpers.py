@@ -35,7 +35,6 @@ def run_csl(
     benchmark = make_csl_benchmark(features)
     forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
     plugins = build_continual_plugins({name: SMALL_PLUGINS[name] for name in plugin_names})
-    torch.manual_seed(0)  # the probe's initial weights: the same whatever ran before
     strategy = CSLStrategy(
         model=linear_probe(features.train_x.shape[1], features.num_classes),
         features=features,
