@@ -19,44 +19,62 @@ from avalanche.benchmarks.utils.classification_dataset import (
     TaskAwareSupervisedClassificationDataset,
 )
 
-from csl_avalanche import cosupervision as cs
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.errors import ConfigError
+from csl_avalanche.estep import chunk_rows, level_results
 from csl_avalanche.hierarchy import Hierarchy
+from csl_avalanche.loader import COLUMNS, Columns
 
 
 def labelled_dataset(
-    x: torch.Tensor, labels: torch.Tensor, soft_targets: torch.Tensor | None = None
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    soft_targets: torch.Tensor | None = None,
+    *,
+    rows: torch.Tensor | None = None,
 ) -> TaskAwareSupervisedClassificationDataset:
     """An Avalanche dataset of `[x, y, task]`, or `[x, y, soft_target, task]` with soft targets.
 
     The soft column sits between `y` and the task label, where it survives Avalanche's subset,
-    concat and replay.
+    concat and replay. `rows` [n]: the dataset holds only these rows of the columns (a level's
+    kept samples, a subdomain's test samples), as an Avalanche subset: nothing is copied. The
+    dataset carries its columns (`loader.COLUMNS`), so that StudentTemplate's loader gathers
+    batches from them directly.
     """
     columns = [x, labels] if soft_targets is None else [x, labels, soft_targets]
     if len({len(column) for column in columns}) != 1:
         raise ValueError(
             f"x, labels and soft targets disagree in length: {[len(c) for c in columns]}"
         )
-    return _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
+    dataset = _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
+    if rows is not None:
+        dataset = dataset.subset(rows)
+    task = torch.zeros(1, dtype=torch.long).expand(len(x))  # task label 0, without memory
+    setattr(dataset, COLUMNS, Columns((*columns, task), rows))
+    return dataset
 
 
 class LevelExperience(DatasetExperience):
     """The transfer pool seen through one level's teachers.
 
     Before the level's E-step its dataset holds the pool with the teacher labels routed by the
-    generalist's prediction; the co-supervision plugin replaces it with the kept, relabelled
+    generalist's prediction (`generalist_routed_labels`), computed when first read: CSL never
+    reads them, since the co-supervision plugin replaces the dataset with the kept, relabelled
     samples on the copy CSLStrategy trains on (`experience.logging()`), so the stream itself
     stays untouched: the setter is for that copy.
     """
 
-    def __init__(self, *, dataset, level: int, num_teachers: int):
-        super().__init__(dataset=dataset, current_experience=level)
+    def __init__(self, *, features: FeatureSet, level: int, num_teachers: int):
+        super().__init__(dataset=None, current_experience=level)
+        self.features = features
         self.level = level
         self.num_teachers = num_teachers
 
     @property
     def dataset(self):
+        if self._dataset is None:
+            labels = generalist_routed_labels(self.features, self.features.hierarchy, self.level)
+            self._dataset = labelled_dataset(self.features.train_x, labels)
         return self._dataset
 
     @dataset.setter
@@ -100,13 +118,19 @@ def generalist_routed_labels(
 
     This is the student-free default label of a level; CSL's E-step replaces it. With domain
     subdomains no teacher owns a class: the teacher most likely to give that class is chosen.
+    Computed a chunk of rows at a time, like the E-step (the generalist plays the student).
     """
-    probs = features.teacher_train_probs
-    level_probs = probs[hierarchy.teacher_slice(level)].permute(1, 0, 2)  # [N, K, C]
-    rule = "likelihood" if features.by_domain else "class_partition"
-    owner = hierarchy.class_to_teacher(level)
-    assignment = cs.assign_teachers(probs[0], level_probs, rule, class_to_teacher=owner)
-    return cs.gather_targets(level_probs, assignment).argmax(dim=1)
+    num_teachers = len(hierarchy.levels[level])
+    return level_results(
+        features,
+        hierarchy.teacher_slice(level),
+        lambda rows: features.teacher_probs("train", [0], rows)[0],
+        rule="likelihood" if features.by_domain else "class_partition",
+        labels="hard",
+        criterion="all",
+        class_to_teacher=hierarchy.class_to_teacher(level),
+        chunk_size=chunk_rows(num_teachers + 1, features.num_classes),
+    ).labels
 
 
 def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
@@ -115,24 +139,20 @@ def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
     hierarchy = features.hierarchy
     x = features.train_x
     train = [
-        LevelExperience(
-            dataset=labelled_dataset(x, generalist_routed_labels(features, hierarchy, level)),
-            level=level,
-            num_teachers=len(hierarchy.levels[level]),
-        )
+        LevelExperience(features=features, level=level, num_teachers=len(hierarchy.levels[level]))
         for level in range(hierarchy.num_levels)
     ]
     test, test_units = [], features.units("test")
     for index, subdomain in enumerate(hierarchy.finest):
-        members = torch.isin(test_units, torch.tensor(subdomain))
-        if not members.any():
+        members = torch.isin(test_units, torch.tensor(subdomain)).nonzero().flatten()
+        if not len(members):
             raise ConfigError(
                 f"the test split has no samples of finest subdomain {list(subdomain)}, so its "
                 "accuracy cannot be measured; give every finest subdomain test samples"
             )
         test.append(
             DatasetExperience(
-                dataset=labelled_dataset(features.test_x[members], features.test_y[members]),
+                dataset=labelled_dataset(features.test_x, features.test_y, rows=members),
                 current_experience=index,
             )
         )

@@ -13,8 +13,8 @@ class CSLStrategy(StudentTemplate):
     """The student trained coarse to fine; a CoSupervisionPlugin relabels and filters each level.
 
     Train it on `benchmark.train_stream` one level at a time (the first `max_levels` levels;
-    None: all). `assignment`, `denoise` and `scale_epochs` go to the plugin; the rest to
-    StudentTemplate.
+    None: all). `assignment`, `denoise`, `scale_epochs` and `chunk_size` go to the plugin; the
+    rest to StudentTemplate.
     """
 
     max_levels: int | None = None
@@ -26,6 +26,7 @@ class CSLStrategy(StudentTemplate):
         assignment: str = "class_partition",
         denoise: str = "top3",
         scale_epochs: bool = True,
+        chunk_size: int | None = None,
         labels: str = "hard",
         plugins: list | None = None,
         **kwargs,
@@ -36,6 +37,7 @@ class CSLStrategy(StudentTemplate):
             labels=labels,
             denoise=denoise,
             scale_epochs=scale_epochs,
+            chunk_size=chunk_size,
         )
         # The E-step must see the previous student before any other plugin acts on the level.
         super().__init__(labels=labels, plugins=[self.cosupervision, *(plugins or [])], **kwargs)

@@ -1,11 +1,13 @@
 """CoSupervisionPlugin: CSL's E-step and noise reduction at the start of every level.
 
-Glue only: the math is in `csl_avalanche.cosupervision`. Before the level's dataset is adapted,
-the plugin runs the previous student over the whole pool (batched, on the strategy's device),
-assigns teachers, builds hard or soft targets, selects the kept samples, and replaces the
-experience's dataset with the kept, relabelled pool, so everything downstream (the loader,
-replay buffers, EWC's Fisher pass) sees teacher labels only. The experience is the strategy's
-copy (CSLStrategy trains on `experience.logging()` copies), never the benchmark's stream.
+Glue only: the math is in `csl_avalanche.cosupervision`, the chunked pass over the pool in
+`csl_avalanche.estep`. Before the level's dataset is adapted, the plugin runs the previous
+student and the level's teachers over the pool, a chunk of rows at a time on the strategy's
+device, assigns teachers, builds hard or soft targets, selects the kept samples, and replaces
+the experience's dataset with the kept, relabelled pool (the pool's rows, not a copy), so
+everything downstream (the loader, replay buffers, EWC's Fisher pass) sees teacher labels only.
+The experience is the strategy's copy (CSLStrategy trains on `experience.logging()` copies),
+never the benchmark's stream.
 
 Ground truth: only the `oracle` rule is given the pool's true classes (or domains); the level's
 diagnostics (LevelStatistics) read them separately, after the labels are fixed.
@@ -23,6 +25,7 @@ from csl_avalanche import cosupervision as cs
 from csl_avalanche.benchmark import labelled_dataset
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.errors import ConfigError
+from csl_avalanche.estep import Student, aligned, chunk_rows, level_results
 from csl_avalanche.fit import predict
 
 
@@ -50,6 +53,8 @@ class CoSupervisionPlugin(SupervisedPlugin):
     assignment: a rule of `cosupervision.assign_teachers`, or `ensemble` (the mean of the
     level's teachers). labels: `hard` or `soft`. denoise: `all` or `topK`; level 0 is never
     filtered. scale_epochs: train int(E / keep_rate) epochs so the steps per level stay equal.
+    chunk_size: pool rows per E-step chunk (None: as many as fit `estep.CHUNK_MEMORY`), rounded
+    down to a multiple of the strategy's evaluation batch size.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class CoSupervisionPlugin(SupervisedPlugin):
         labels: str = "hard",
         denoise: str = "top3",
         scale_epochs: bool = True,
+        chunk_size: int | None = None,
     ):
         super().__init__()
         if assignment not in cs.TARGET_RULES:
@@ -80,6 +86,7 @@ class CoSupervisionPlugin(SupervisedPlugin):
         self.labels = labels
         self.denoise = denoise
         self.scale_epochs = scale_epochs
+        self.chunk_size = chunk_size
         self.stats: list[LevelStatistics] = []
 
     def state_dict(self) -> dict:
@@ -93,27 +100,25 @@ class CoSupervisionPlugin(SupervisedPlugin):
         experience = strategy.experience
         level = experience.level
         start = time.perf_counter()
-        device = strategy.device
-        probs = self.features.teacher_train_probs[self.hierarchy.teacher_slice(level)]
-        probs = probs.to(device).permute(1, 0, 2)  # [N, K, C]
-        owner = self.hierarchy.class_to_teacher(level).to(device)  # unit -> teacher
-
-        if level == 0:
-            assignment = torch.zeros(probs.shape[0], dtype=torch.long, device=device)
-            logits = None
-        else:
-            logits = predict(
-                strategy.model, self.features.train_x, batch_size=strategy.eval_mb_size
-            )
-            assignment = self._assign(logits, probs, owner, self._oracle_units(device))
-        target_probs = (
-            probs.mean(dim=1) if assignment is None else cs.gather_targets(probs, assignment)
+        teachers = self.hierarchy.teacher_slice(level)
+        num_teachers = len(self.hierarchy.levels[level])
+        owner = self.hierarchy.class_to_teacher(level)  # unit -> teacher
+        results = level_results(
+            self.features,
+            teachers,
+            None if level == 0 else self._student(strategy),
+            rule=self.assignment,
+            labels=self.labels,
+            criterion=self.denoise,
+            class_to_teacher=owner,
+            targets=self._oracle_units(),
+            chunk_size=aligned(
+                self.chunk_size or chunk_rows(num_teachers, self.features.num_classes),
+                strategy.eval_mb_size,
+            ),
+            device=strategy.device,
         )
-        hard, targets = cs.make_targets(target_probs, self.labels)
-        if logits is None:
-            keep = torch.ones_like(hard, dtype=torch.bool)
-        else:
-            keep = cs.select_confident(logits, hard, self.denoise)
+        keep = cs.select_kept(results)
         keep_rate = keep.float().mean().item()
         self._check_enough(keep, strategy.train_mb_size, level)
 
@@ -121,41 +126,40 @@ class CoSupervisionPlugin(SupervisedPlugin):
         if self.scale_epochs:
             epochs = cs.scaled_epochs(epochs, keep_rate)
         strategy.train_epochs = epochs
-        kept = keep.nonzero().flatten()
         experience.dataset = labelled_dataset(
-            self.features.train_x[kept.cpu()],
-            hard[kept].cpu(),
-            None if targets is None else targets[kept].cpu(),
+            self.features.train_x, results.labels, results.soft, rows=keep.nonzero().flatten()
         )
-        stats = self._statistics(
-            level, probs.shape[1], hard, keep, assignment, owner, epochs, start
-        )
+        stats = self._statistics(level, num_teachers, results, keep, owner, epochs, start)
         self.stats.append(stats)
         experience.level_statistics = stats
 
-    def _oracle_units(self, device: torch.device) -> torch.Tensor | None:
+    def _student(self, strategy) -> Student:
+        """The previous student's logits on some rows of the pool, in evaluation batches."""
+        return lambda rows: predict(
+            strategy.model, self.features.train_x[rows], batch_size=strategy.eval_mb_size
+        )
+
+    def _oracle_units(self) -> torch.Tensor | None:
         """The pool's true units (classes, or domains) for the `oracle` rule; None for every
         other rule, so that no student-facing label can depend on ground truth."""
         if self.assignment != "oracle":
             return None
-        return self.features.units("train").to(device)
+        return self.features.units("train")
 
     def _statistics(
         self,
         level: int,
         num_teachers: int,
-        hard: torch.Tensor,
+        results: cs.SampleResults,
         keep: torch.Tensor,
-        assignment: torch.Tensor | None,
         owner: torch.Tensor,
         epochs: int,
         start: float,
     ) -> LevelStatistics:
         """The level's diagnostics: besides the oracle rule, the only reader of the pool's
         ground truth; they describe the labels once fixed and never change them."""
-        truth = self.features.train_y.to(hard.device)
-        units = self.features.units("train").to(hard.device)
-        correct = hard == truth
+        correct = results.labels == self.features.train_y
+        assignment = results.assignment
         return LevelStatistics(
             level=level,
             num_teachers=num_teachers,
@@ -163,20 +167,13 @@ class CoSupervisionPlugin(SupervisedPlugin):
             label_precision=correct[keep].float().mean().item(),
             label_recall=(correct & keep).sum().item() / max(1, correct.sum().item()),
             assignment_accuracy=(
-                None if assignment is None else (assignment == owner[units]).float().mean().item()
+                None
+                if assignment is None
+                else (assignment == owner[self.features.units("train")]).float().mean().item()
             ),
             teacher_accuracy=correct.float().mean().item(),
             epochs=epochs,
             estep_seconds=time.perf_counter() - start,
-        )
-
-    def _assign(self, logits, probs, owner, oracle_units) -> torch.Tensor | None:
-        """`owner` maps each unit (class, or domain) to its teacher; `oracle_units` [N] is each
-        sample's true unit, given for the `oracle` rule only (None otherwise)."""
-        if self.assignment == "ensemble":
-            return None
-        return cs.assign_teachers(
-            logits, probs, self.assignment, class_to_teacher=owner, targets=oracle_units
         )
 
     def _check_enough(self, keep: torch.Tensor, batch_size: int, level: int) -> None:

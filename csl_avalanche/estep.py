@@ -1,0 +1,84 @@
+"""The E-step over a pool too large for memory: chunks of rows, one at a time on the device.
+
+A level's teacher outputs are [K, N, C] (12.8 GB of float16 for 800k samples, 8 teachers and
+1000 classes), and so are the student's logits [N, C] once more: neither is ever built whole.
+`level_results` reads a chunk of rows of the level's teachers from the memory-mapped features
+(`FeatureSet.teacher_probs`), computes the student's logits on the same rows, moves both to the
+device, and keeps only the per-sample results (`cosupervision.SampleResults`: assignment, label,
+loss, top-K flag; the target row for soft labels) on the CPU. The selection, whose count M is
+global, runs afterwards over all the rows' results (`cosupervision.select_kept`).
+
+Data-parallel use: each process calls `level_results` on its own `rows` range [start, stop)
+and the results are gathered (in row order, `SampleResults.cat`) before `select_kept`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from csl_avalanche import cosupervision as cs
+from csl_avalanche.data.features import FeatureSet
+
+# How much memory the float32 tensors of one chunk may take (device memory on a GPU).
+CHUNK_MEMORY = 256 * 2**20
+
+Student = Callable[[slice], torch.Tensor]  # rows of the pool -> the student's logits on them
+
+
+def chunk_rows(num_teachers: int, num_classes: int, memory: int = CHUNK_MEMORY) -> int:
+    """Rows per chunk so that one chunk's tensors fit in `memory` bytes: per row, the K teacher
+    rows (stored and float32, and their logarithms for `kl`) and a few [C] rows of the student
+    (logits, their softmax, the target)."""
+    per_row = 4 * num_classes * (3 * num_teachers + 5)
+    return max(1, memory // per_row)
+
+
+def aligned(chunk_size: int, batch_size: int) -> int:
+    """`chunk_size` rounded down to a multiple of `batch_size` (at least one batch): chunks
+    that start at multiples of the student's evaluation batch give it the same batches as one
+    pass over the whole pool, so its logits (and everything after them) are bit for bit the
+    same."""
+    return max(batch_size, chunk_size // batch_size * batch_size)
+
+
+def level_results(
+    features: FeatureSet,
+    teachers: slice | Sequence[int],
+    student: Student | None,
+    *,
+    rule: str,
+    labels: str,
+    criterion: str,
+    class_to_teacher: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    rows: range | None = None,
+    chunk_size: int,
+    device: torch.device | str = "cpu",
+) -> cs.SampleResults:
+    """`cosupervision.sample_results` over `rows` of the pool (default: all), `chunk_size` rows
+    at a time, gathered on the CPU.
+
+    teachers: the level's teacher indices; student: the previous student's logits on a slice
+    of rows (None at level 0); targets [N]: the pool's true units, for the `oracle` rule only.
+    The result is bit-identical to `sample_results` over all the rows at once.
+    """
+    rows = range(len(features.train_y)) if rows is None else rows
+    owner = None if class_to_teacher is None else class_to_teacher.to(device)
+    parts = []
+    for start in range(rows.start, rows.stop, chunk_size):
+        chunk = slice(start, min(start + chunk_size, rows.stop))
+        probs = features.teacher_probs("train", teachers, chunk, device).permute(1, 0, 2)
+        parts.append(
+            cs.sample_results(
+                None if student is None else student(chunk),
+                probs,
+                rule,
+                labels,
+                criterion,
+                class_to_teacher=owner,
+                targets=None if targets is None else targets[chunk].to(device),
+            ).to("cpu")
+        )
+    return cs.SampleResults.cat(parts)
