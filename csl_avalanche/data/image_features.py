@@ -33,7 +33,7 @@ from csl_avalanche.data.images import DatasetError, Images, TransformedImages
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.model_registry import Preprocessing, feature_extractor, preprocessing
-from csl_avalanche.teachers import teacher_probabilities, train_teachers
+from csl_avalanche.teachers import cached_teacher_probabilities, train_teachers
 
 log = logging.getLogger(__name__)
 AXES = ("image", "feature")
@@ -120,13 +120,12 @@ def build_image_feature_set(
             cause=TEACHERS_DIVERGED,
         )
     heads = [_linear_head(state).to(extract.device) for state in states]
-    probs = cache.get_or_compute(
-        "teacher-probs",
-        fingerprint("teacher-probs", states, pool_key, test_key),
-        lambda: {
-            "pool": teacher_probabilities(heads, pool_t).cpu(),
-            "test": teacher_probabilities(heads, test_t).cpu(),
-        },
+    probs = cached_teacher_probabilities(
+        cache,
+        fingerprint(states, pool_key, test_key),
+        heads,
+        {"pool": pool_t, "test": test_t},
+        num_classes,
         check=teacher_probs_fault,
         cause="The teacher heads overflow on these features; check teacher.heads or lower "
         "teacher.lr.",
