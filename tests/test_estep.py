@@ -11,7 +11,7 @@ import torch
 from csl_avalanche import cosupervision as cs
 from csl_avalanche.benchmark import generalist_routed_labels, make_csl_benchmark
 from csl_avalanche.data.features import FeatureSet, load_features, save_features
-from csl_avalanche.estep import aligned, chunk_rows, level_results
+from csl_avalanche.estep import SOFT_TARGET_DTYPE, aligned, chunk_rows, level_results
 
 N, K, C = 53, 3, 7
 CHUNKS = (1, 5, 17, 52, 53, 100)  # most do not divide N
@@ -56,6 +56,7 @@ def whole_pool(features: FeatureSet, student, truth, rule, labels, criterion):
         )
         target = cs.gather_targets(probs, assignment)
     hard, soft = cs.make_targets(target, labels)
+    soft = None if soft is None else soft.to(SOFT_TARGET_DTYPE)  # what the E-step keeps
     return assignment, hard, soft, cs.select_confident(student, hard, criterion)
 
 
