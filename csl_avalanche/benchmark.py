@@ -47,8 +47,8 @@ def labelled_dataset(
             f"x, labels and soft targets disagree in length: {[len(c) for c in columns]}"
         )
     dataset = _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
-    if rows is not None:
-        dataset = dataset.subset(rows)
+    if rows is not None:  # Python ints: Avalanche lists the indices (~1 KB per tensor element)
+        dataset = dataset.subset(rows.tolist())
     task = torch.zeros(1, dtype=torch.long).expand(len(x))  # task label 0, without memory
     setattr(dataset, COLUMNS, Columns((*columns, task), rows))
     return dataset

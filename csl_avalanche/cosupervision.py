@@ -169,6 +169,19 @@ class SampleResults:
     def to(self, device: torch.device | str) -> SampleResults:
         return SampleResults(*(None if t is None else t.to(device) for t in self._tensors()))
 
+    def empty(self, n: int) -> SampleResults:
+        """Results for `n` rows, uninitialised, of these results' kinds, dtypes and device,
+        to be filled a range of rows at a time (`write`)."""
+        return SampleResults(
+            *(None if t is None else t.new_empty((n, *t.shape[1:])) for t in self._tensors())
+        )
+
+    def write(self, start: int, part: SampleResults) -> None:
+        """Copy the results `part` into rows `start`, `start + 1`, ... of these."""
+        for whole, rows in zip(self._tensors(), part._tensors(), strict=True):
+            if whole is not None:
+                whole[start : start + len(rows)] = rows
+
     @staticmethod
     def cat(parts: Sequence[SampleResults]) -> SampleResults:
         """The results of consecutive row ranges, as the results of their union."""

@@ -70,8 +70,12 @@ def level_results(
     targets to their rounding).
     """
     rows = range(len(features.train_y)) if rows is None else rows
+    if not len(rows):
+        raise ValueError("level_results needs at least one row")
     owner = None if class_to_teacher is None else class_to_teacher.to(device)
-    parts = []
+    # Filled chunk by chunk: one allocation, where a list of small parts kept between the
+    # chunks' large temporaries would fragment the heap (a larger peak, measured with glibc).
+    results: cs.SampleResults | None = None
     for start in range(rows.start, rows.stop, chunk_size):
         chunk = slice(start, min(start + chunk_size, rows.stop))
         probs = features.teacher_probs("train", teachers, chunk, device).permute(1, 0, 2)
@@ -84,6 +88,7 @@ def level_results(
             class_to_teacher=owner,
             targets=None if targets is None else targets[chunk].to(device),
         ).to("cpu")
-        soft = None if part.soft is None else part.soft.to(SOFT_TARGET_DTYPE)
-        parts.append(replace(part, soft=soft))
-    return cs.SampleResults.cat(parts)
+        part = replace(part, soft=None if part.soft is None else part.soft.to(SOFT_TARGET_DTYPE))
+        results = results or part.empty(len(rows))
+        results.write(start - rows.start, part)
+    return results

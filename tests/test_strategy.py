@@ -202,3 +202,11 @@ def test_the_loader_gathers_from_the_pool_without_copying_it(tiny_features):
     subset = InMemoryBatchLoader(dataset.subset([0, 2]), batch_size=2, shuffle=False)
     assert subset.columns.tensors[0] is not tiny_features.train_x
     assert torch.equal(next(iter(subset))[0], tiny_features.train_x[[5, 9]])
+    # The ceiling and the evaluation stream their inputs from the features too.
+    benchmark = make_csl_benchmark(tiny_features)
+    for experience, x in [
+        (benchmark.ceiling_stream[0], tiny_features.train_x),
+        *((experience, tiny_features.test_x) for experience in benchmark.test_stream),
+    ]:
+        dataset = experience.dataset.eval()
+        assert InMemoryBatchLoader(dataset, batch_size=7, shuffle=False).columns.tensors[0] is x
