@@ -3,16 +3,25 @@
 The content goes to `<name>.tmp<pid>` beside the target, is flushed to disk, then renamed over
 the target, so readers see the old file or the new one. A failed write removes its temporary
 file; `remove_stale_temporaries` removes those of processes that were killed while writing.
+`save_in_place` writes a torch.save file whose large tensors are filled through a memory map,
+part by part, so that no such tensor is ever whole in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 import os
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import torch
+import torch.utils.serialization
 
 log = logging.getLogger(__name__)
 TEMPORARY = re.compile(r"\.tmp(\d+)$")
@@ -21,7 +30,7 @@ TEMPORARY = re.compile(r"\.tmp(\d+)$")
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """`write(file)` fills the temporary file; then it is synced and renamed to `path`.
     Any error propagates after the temporary file is removed."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = _temporary(path)
     try:
         with open(tmp, "wb") as file:
             write(file)
@@ -31,6 +40,70 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class Blank:
+    """A tensor of zeros of this shape and dtype, to be filled in place (`save_in_place`)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def save_in_place(path: Path, payload: Any, fill: Callable[[Any], None]) -> None:
+    """torch.save `payload`, whose `Blank`s become tensors of zeros, then `fill(loaded)`: the
+    saved payload, memory-mapped and writable, whose writes go to the file.
+
+    The zeros come from sparse scratch files (no memory, no disk) and are written once; the
+    fill then writes each tensor a part at a time (a teacher, a chunk of rows), so the file may
+    be far larger than memory. Atomic like `write_atomically`: an error in the fill too leaves
+    no file. Errors of writing are OSErrors; the fill's own errors propagate as they are. The
+    file holds no CRC-32 checksums (the fill would invalidate them); torch does not check them
+    when loading.
+    """
+    tmp = _temporary(path)
+    try:
+        zeros = _zeros_for(payload, path.parent)
+        try:
+            with torch.utils.serialization.config.patch({"save.compute_crc32": False}):
+                torch.save(zeros, tmp)
+        except RuntimeError as err:  # how torch.save reports a full disk
+            raise OSError(str(err)) from err
+        del zeros
+        with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
+            mapped = torch.load(tmp, map_location="cpu", mmap=True, weights_only=True)
+        fill(mapped)
+        del mapped  # unmaps the file: every write is in it
+        with open(tmp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _zeros_for(value: Any, folder: Path) -> Any:
+    """`value` with every Blank replaced by zeros: a memory map of a sparse file, whose pages
+    the kernel reads as zeros without storing them (the file is deleted at once)."""
+    if isinstance(value, Blank):
+        numel = math.prod(value.shape)
+        if numel == 0:
+            return torch.zeros(value.shape, dtype=value.dtype)
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".blank")
+        try:
+            os.ftruncate(handle, numel * value.dtype.itemsize)
+            zeros = torch.from_file(name, shared=False, size=numel, dtype=value.dtype)
+        finally:
+            os.close(handle)
+            os.unlink(name)
+        return zeros.view(value.shape)
+    if isinstance(value, Mapping):
+        return {key: _zeros_for(item, folder) for key, item in value.items()}
+    return value
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp{os.getpid()}")
 
 
 def remove_stale_temporaries(root: Path) -> None:

@@ -19,26 +19,39 @@ from avalanche.benchmarks.utils.classification_dataset import (
     TaskAwareSupervisedClassificationDataset,
 )
 
-from csl_avalanche import cosupervision as cs
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.errors import ConfigError
+from csl_avalanche.estep import chunk_rows, level_results
 from csl_avalanche.hierarchy import Hierarchy
+from csl_avalanche.loader import COLUMNS, Columns
 
 
 def labelled_dataset(
-    x: torch.Tensor, labels: torch.Tensor, soft_targets: torch.Tensor | None = None
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    soft_targets: torch.Tensor | None = None,
+    *,
+    rows: torch.Tensor | None = None,
 ) -> TaskAwareSupervisedClassificationDataset:
     """An Avalanche dataset of `[x, y, task]`, or `[x, y, soft_target, task]` with soft targets.
 
     The soft column sits between `y` and the task label, where it survives Avalanche's subset,
-    concat and replay.
+    concat and replay. `rows` [n]: the dataset holds only these rows of the columns (a level's
+    kept samples, a subdomain's test samples), as an Avalanche subset: nothing is copied. The
+    dataset carries its columns (`loader.COLUMNS`), so that StudentTemplate's loader gathers
+    batches from them directly.
     """
     columns = [x, labels] if soft_targets is None else [x, labels, soft_targets]
     if len({len(column) for column in columns}) != 1:
         raise ValueError(
             f"x, labels and soft targets disagree in length: {[len(c) for c in columns]}"
         )
-    return _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
+    dataset = _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
+    if rows is not None:  # Python ints: Avalanche lists the indices (~1 KB per tensor element)
+        dataset = dataset.subset(rows.tolist())
+    task = torch.zeros(1, dtype=torch.long).expand(len(x))  # task label 0, without memory
+    setattr(dataset, COLUMNS, Columns((*columns, task), rows))
+    return dataset
 
 
 class TeacherExperience(DatasetExperience):
@@ -55,7 +68,8 @@ class TeacherExperience(DatasetExperience):
     messages.
 
     Before the E-step its dataset holds the samples with the teacher labels routed by the
-    generalist's prediction; the co-supervision plugin replaces it with the kept, relabelled
+    generalist's prediction (`generalist_routed_labels`), computed when first read: CSL never
+    reads them, since the co-supervision plugin replaces the dataset with the kept, relabelled
     samples on the copy CSLStrategy trains on (`experience.logging()`), so the stream itself
     stays untouched: the setter is for that copy.
     """
@@ -63,7 +77,7 @@ class TeacherExperience(DatasetExperience):
     def __init__(
         self,
         *,
-        dataset,
+        features: FeatureSet,
         teachers: slice | list[int],
         owner: torch.Tensor,
         routed: bool,
@@ -71,19 +85,23 @@ class TeacherExperience(DatasetExperience):
         label: str,
         samples: torch.Tensor | None = None,
     ):
-        super().__init__(dataset=dataset, current_experience=stage)
+        super().__init__(dataset=None, current_experience=stage)
+        self.features = features
         self.teachers = teachers
         self.owner = owner
         self.routed = routed
         self.stage = stage
         self.label = label
         self.samples = samples
-        self.num_teachers = (
-            teachers.stop - teachers.start if isinstance(teachers, slice) else len(teachers)
-        )
+        self.num_teachers = teacher_count(teachers)
 
     @property
     def dataset(self):
+        if self._dataset is None:
+            labels = generalist_routed_labels(
+                self.features, self.teachers, self.owner, self.samples
+            )
+            self._dataset = labelled_dataset(pool_inputs(self.features, self.samples), labels)
         return self._dataset
 
     @dataset.setter
@@ -95,9 +113,10 @@ class LevelExperience(TeacherExperience):
     """The whole transfer pool seen through one level's teachers; from level 1 on, the previous
     level's student routes it."""
 
-    def __init__(self, *, dataset, level: int, hierarchy: Hierarchy):
+    def __init__(self, *, features: FeatureSet, level: int):
+        hierarchy = features.hierarchy
         super().__init__(
-            dataset=dataset,
+            features=features,
             teachers=hierarchy.teacher_slice(level),
             owner=hierarchy.class_to_teacher(level),
             routed=level > 0,
@@ -141,16 +160,14 @@ def finest_subdomain_names(features: FeatureSet, hierarchy: Hierarchy) -> list[s
     return [subdomain_name(sub, kind) for sub in hierarchy.finest]
 
 
-def teacher_outputs(
-    probs: torch.Tensor, teachers: slice | list[int], samples: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cached teacher outputs [T, N, C] of `teachers` on the pool rows `samples` (None: all):
-    [K, n, C]; a view for a slice of teachers over the whole pool, else only the rows asked
-    for are copied."""
-    if samples is None:
-        return probs[teachers]
-    indices = range(probs.shape[0])[teachers] if isinstance(teachers, slice) else teachers
-    return torch.stack([probs[t][samples] for t in indices])
+def teacher_count(teachers: slice | list[int]) -> int:
+    """How many teachers `teachers` names (a level's slice, or a list of global indices)."""
+    return teachers.stop - teachers.start if isinstance(teachers, slice) else len(teachers)
+
+
+def pool_inputs(features: FeatureSet, samples: torch.Tensor | None) -> torch.Tensor:
+    """The pool's inputs of the rows `samples` (None: the whole pool, not copied)."""
+    return features.train_x if samples is None else features.train_x[samples]
 
 
 def generalist_routed_labels(
@@ -164,28 +181,35 @@ def generalist_routed_labels(
 
     This is the student-free default label of a teacher experience; CSL's E-step replaces it.
     With domain subdomains no teacher owns a class: the teacher most likely to give that class
-    is chosen.
+    is chosen. Computed a chunk of rows at a time, like the E-step (the generalist plays the
+    student).
     """
-    probs = teacher_outputs(features.teacher_train_probs, teachers, samples).permute(1, 0, 2)
-    generalist = teacher_outputs(features.teacher_train_probs, [0], samples)[0]
-    rule = "likelihood" if features.by_domain else "class_partition"
-    assignment = cs.assign_teachers(generalist, probs, rule, class_to_teacher=owner)
-    return cs.gather_targets(probs, assignment).argmax(dim=1)
+    return level_results(
+        features,
+        teachers,
+        lambda rows: features.teacher_probs("train", [0], rows)[0],
+        rule="likelihood" if features.by_domain else "class_partition",
+        labels="hard",
+        criterion="all",
+        class_to_teacher=owner,
+        samples=samples,
+        chunk_size=chunk_rows(teacher_count(teachers) + 1, features.num_classes),
+    ).labels
 
 
 def finest_test_experiences(features: FeatureSet) -> list[DatasetExperience]:
     """One experience per finest subdomain: its test samples with their ground truth."""
     experiences, test_units = [], features.units("test")
     for index, subdomain in enumerate(features.hierarchy.finest):
-        members = torch.isin(test_units, torch.tensor(subdomain))
-        if not members.any():
+        members = torch.isin(test_units, torch.tensor(subdomain)).nonzero().flatten()
+        if not len(members):
             raise ConfigError(
                 f"the test split has no samples of finest subdomain {list(subdomain)}, so its "
                 "accuracy cannot be measured; give every finest subdomain test samples"
             )
         experiences.append(
             DatasetExperience(
-                dataset=labelled_dataset(features.test_x[members], features.test_y[members]),
+                dataset=labelled_dataset(features.test_x, features.test_y, rows=members),
                 current_experience=index,
             )
         )
@@ -197,13 +221,9 @@ def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
     ceiling_stream: the pool with ground truth (for the ceiling baseline only)."""
     hierarchy = features.hierarchy
     x = features.train_x
-    train = []
-    for level in range(hierarchy.num_levels):
-        teachers, owner = hierarchy.teacher_slice(level), hierarchy.class_to_teacher(level)
-        labels = generalist_routed_labels(features, teachers, owner)
-        train.append(
-            LevelExperience(dataset=labelled_dataset(x, labels), level=level, hierarchy=hierarchy)
-        )
+    train = [
+        LevelExperience(features=features, level=level) for level in range(hierarchy.num_levels)
+    ]
     ceiling = [
         DatasetExperience(dataset=labelled_dataset(x, features.train_y), current_experience=0)
     ]

@@ -2,7 +2,8 @@
 
 Entries are keyed by a content hash of everything that produced them (weights, data,
 preprocessing, config), so a changed input can never return an old result: it gets a new key.
-Files are written atomically and loaded memory-mapped, so large caches are not read whole.
+Files are written atomically and loaded memory-mapped, so large caches are not read whole;
+values larger than memory (teacher outputs) are written in place, part by part (`get_or_fill`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from csl_avalanche.atomic import remove_stale_temporaries, write_atomically
+from csl_avalanche.atomic import Blank, remove_stale_temporaries, save_in_place, write_atomically
 from csl_avalanche.errors import ConfigError, reason
 
 log = logging.getLogger(__name__)
@@ -101,23 +102,57 @@ class TensorCache:
         (what likely went wrong, and the fix), and is not stored."""
         path = self.path(name, key)
         if path.exists():
-            self.hits += 1
-            log.info("cache hit: %s", path)
-            value = self._load(path, key)
-            if check is not None and (fault := check(value)):
-                raise CacheError(
-                    f"cache file {path} holds bad values: {fault}; delete it and run again "
-                    "to recompute it"
-                )
-            return value
+            return self._hit(path, key, check)
         self.misses += 1
         self._require_writable()
         value = compute()
         if check is not None and (fault := check(value)):
-            hint = f" {cause}" if cause else ""
-            raise InvalidValueError(f"computed {name}: {fault}.{hint} Nothing was cached.")
+            raise _invalid(name, fault, cause)
         self._write(path, {"key": key, "value": value})
         log.info("cache write: %s", path)
+        return value
+
+    def get_or_fill(
+        self,
+        name: str,
+        key: str,
+        blanks: Mapping[str, Blank],
+        fill: Callable[[dict[str, torch.Tensor]], None],
+        *,
+        check: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
+        cause: str = "",
+    ) -> dict[str, torch.Tensor]:
+        """`get_or_compute` for a dict of tensors too large for memory: on a miss the entry's
+        file is laid out with the tensors `blanks` describes, and `fill(tensors)` writes them
+        in place, memory-mapped, a part at a time. The value is then checked as it lies in the
+        file (a fault leaves no entry) and returned memory-mapped, like a hit."""
+        path = self.path(name, key)
+        if path.exists():
+            return self._hit(path, key, check)
+        self.misses += 1
+        self._require_writable()
+
+        def fill_and_check(payload: dict) -> None:
+            fill(payload["value"])
+            if check is not None and (fault := check(payload["value"])):
+                raise _invalid(name, fault, cause)
+
+        try:
+            save_in_place(path, {"key": key, "value": dict(blanks)}, fill_and_check)
+        except OSError as err:
+            raise self._write_error(err) from None
+        log.info("cache write: %s", path)
+        return self._load(path, key)
+
+    def _hit(self, path: Path, key: str, check: Callable[[Any], str | None] | None) -> Any:
+        self.hits += 1
+        log.info("cache hit: %s", path)
+        value = self._load(path, key)
+        if check is not None and (fault := check(value)):
+            raise CacheError(
+                f"cache file {path} holds bad values: {fault}; delete it and run again "
+                "to recompute it"
+            )
         return value
 
     def _require_writable(self) -> None:
@@ -141,10 +176,13 @@ class TensorCache:
         try:
             write_atomically(path, lambda file: torch.save(payload, file))
         except (OSError, RuntimeError) as err:  # torch.save reports write errors as either
-            raise CacheError(
-                f"cannot write to the cache folder {self.root} ({reason(err)}); set "
-                "cache_dir= to a writable folder with free space, or free space on its disk"
-            ) from None
+            raise self._write_error(err) from None
+
+    def _write_error(self, err: Exception) -> CacheError:
+        return CacheError(
+            f"cannot write to the cache folder {self.root} ({reason(err)}); set "
+            "cache_dir= to a writable folder with free space, or free space on its disk"
+        )
 
     @staticmethod
     def _load(path: Path, key: str) -> Any:
@@ -161,3 +199,8 @@ class TensorCache:
                 "delete it and run again to recompute it"
             )
         return payload["value"]
+
+
+def _invalid(name: str, fault: str, cause: str) -> InvalidValueError:
+    hint = f" {cause}" if cause else ""
+    return InvalidValueError(f"computed {name}: {fault}.{hint} Nothing was cached.")

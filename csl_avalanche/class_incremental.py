@@ -36,7 +36,6 @@ from csl_avalanche.benchmark import (
     TeacherExperience,
     finest_subdomain_names,
     finest_test_experiences,
-    generalist_routed_labels,
     labelled_dataset,
 )
 from csl_avalanche.data.features import FeatureSet
@@ -114,10 +113,10 @@ def phase_teachers(arrival: Arrival, phase: str) -> tuple[list[int], torch.Tenso
 class ArrivalExperience(TeacherExperience):
     """One phase of an arrival (`generalist` or `routed`) over the arrival's pool samples."""
 
-    def __init__(self, *, dataset, arrival: Arrival, phase: str, subdomain: str):
+    def __init__(self, *, features: FeatureSet, arrival: Arrival, phase: str, subdomain: str):
         teachers, owner = phase_teachers(arrival, phase)
         super().__init__(
-            dataset=dataset,
+            features=features,
             teachers=teachers,
             owner=owner,
             routed=phase == "routed",
@@ -182,24 +181,12 @@ def make_arrival_benchmark(features: FeatureSet, order: Sequence[int]) -> Arriva
     train, truth = [], []
     for arrival in arrivals:
         name = names[arrival.subdomain]
-        x = features.train_x[arrival.samples]
-        for phase in PHASES:
-            teachers, owner = phase_teachers(arrival, phase)
-            labels = generalist_routed_labels(features, teachers, owner, arrival.samples)
-            train.append(
-                ArrivalExperience(
-                    dataset=labelled_dataset(x, labels),
-                    arrival=arrival,
-                    phase=phase,
-                    subdomain=name,
-                )
-            )
-        truth_labels = features.train_y[arrival.samples]
-        truth.append(
-            GroundTruthArrival(
-                dataset=labelled_dataset(x, truth_labels), arrival=arrival, subdomain=name
-            )
-        )
+        train += [
+            ArrivalExperience(features=features, arrival=arrival, phase=phase, subdomain=name)
+            for phase in PHASES
+        ]
+        truth_dataset = labelled_dataset(features.train_x, features.train_y, rows=arrival.samples)
+        truth.append(GroundTruthArrival(dataset=truth_dataset, arrival=arrival, subdomain=name))
     scenario = CLScenario(
         [
             EagerCLStream("train", train),

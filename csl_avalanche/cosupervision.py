@@ -8,6 +8,7 @@ Shapes: N samples, K teachers of one level, C classes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,20 @@ def in_topk(student_logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch
     return (top == labels.unsqueeze(1)).any(dim=1)
 
 
+def label_losses(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE(student, label) per sample, float32 [N]: how much the student distrusts each label."""
+    return F.cross_entropy(student_logits.float(), labels, reduction="none")
+
+
+def keep_lowest(losses: torch.Tensor, m: int) -> torch.Tensor:
+    """BoolTensor [N], True for the `m` smallest losses (a stable sort: ties to the lower
+    index). A global rule over the whole pool's losses, however they were computed."""
+    order = torch.sort(losses, stable=True).indices
+    keep = torch.zeros(losses.shape[0], dtype=torch.bool, device=losses.device)
+    keep[order[:m]] = True
+    return keep
+
+
 def select_confident(
     student_logits: torch.Tensor, labels: torch.Tensor, criterion: str
 ) -> torch.Tensor:
@@ -128,15 +143,109 @@ def select_confident(
             f"to match student_logits {tuple(student_logits.shape)}"
         )
     k = topk_of(criterion)
-    n = labels.shape[0]
     if k is None:
-        return torch.ones(n, dtype=torch.bool, device=labels.device)
+        return torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
     m = int(in_topk(student_logits, labels, k).sum())  # M = rho * N, the consensus count
-    ce = F.cross_entropy(student_logits.float(), labels, reduction="none")
-    order = torch.sort(ce, stable=True).indices
-    keep = torch.zeros(n, dtype=torch.bool, device=labels.device)
-    keep[order[:m]] = True
-    return keep
+    return keep_lowest(label_losses(student_logits, labels), m)
+
+
+@dataclass(frozen=True)
+class SampleResults:
+    """What the E-step keeps of each pool sample: enough to build the level's dataset and to
+    select globally, without the [N, K, C] teacher outputs or the student's [N, C] logits.
+
+    assignment [n] (None: the `ensemble` has none); labels [n], the hard labels; soft [n, C],
+    the soft targets (None for hard labels); losses [n], CE(student, label), and in_topk [n],
+    whether the label is in the student's top K (both None where nothing is filtered: level 0,
+    or the criterion `all`).
+    """
+
+    assignment: torch.Tensor | None
+    labels: torch.Tensor
+    soft: torch.Tensor | None
+    losses: torch.Tensor | None
+    in_topk: torch.Tensor | None
+
+    def to(self, device: torch.device | str) -> SampleResults:
+        return SampleResults(*(None if t is None else t.to(device) for t in self._tensors()))
+
+    def empty(self, n: int) -> SampleResults:
+        """Results for `n` rows, uninitialised, of these results' kinds, dtypes and device,
+        to be filled a range of rows at a time (`write`)."""
+        return SampleResults(
+            *(None if t is None else t.new_empty((n, *t.shape[1:])) for t in self._tensors())
+        )
+
+    def write(self, start: int, part: SampleResults) -> None:
+        """Copy the results `part` into rows `start`, `start + 1`, ... of these."""
+        for whole, rows in zip(self._tensors(), part._tensors(), strict=True):
+            if whole is not None:
+                whole[start : start + len(rows)] = rows
+
+    @staticmethod
+    def cat(parts: Sequence[SampleResults]) -> SampleResults:
+        """The results of consecutive row ranges, as the results of their union."""
+        columns = zip(*(part._tensors() for part in parts), strict=True)
+        return SampleResults(*(None if c[0] is None else torch.cat(c) for c in columns))
+
+    def _tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.assignment, self.labels, self.soft, self.losses, self.in_topk)
+
+
+def sample_results(
+    student_logits: torch.Tensor | None,
+    teacher_probs: torch.Tensor,
+    rule: str,
+    labels: str,
+    criterion: str,
+    *,
+    class_to_teacher: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+) -> SampleResults:
+    """The E-step on some rows of the pool: teacher assignment, targets, and what the global
+    selection needs (each sample's loss and top-K flag).
+
+    student_logits [n, C], None at level 0 (no previous student: the generalist, teacher 0,
+    labels every sample, and nothing is filtered); teacher_probs [n, K, C]; rule: one of
+    TARGET_RULES (`ensemble`: the mean of the teachers); class_to_teacher and targets as for
+    `assign_teachers`. Every output row depends on its input row only, so the results of
+    consecutive chunks, concatenated, are those of the whole pool, bit for bit; the selection
+    over the whole pool is `select_kept`.
+    """
+    n = teacher_probs.shape[0]
+    if student_logits is None:
+        assignment = torch.zeros(n, dtype=torch.long, device=teacher_probs.device)
+    elif rule == "ensemble":
+        assignment = None
+    else:
+        assignment = assign_teachers(
+            student_logits, teacher_probs, rule, class_to_teacher=class_to_teacher, targets=targets
+        )
+    target_probs = (
+        teacher_probs.mean(dim=1)
+        if assignment is None
+        else gather_targets(teacher_probs, assignment)
+    )
+    hard, soft = make_targets(target_probs, labels)
+    k = topk_of(criterion)
+    if student_logits is None or k is None:
+        return SampleResults(assignment, hard, soft, None, None)
+    return SampleResults(
+        assignment,
+        hard,
+        soft,
+        label_losses(student_logits, hard),
+        in_topk(student_logits, hard, k),
+    )
+
+
+def select_kept(results: SampleResults) -> torch.Tensor:
+    """Noise reduction over the whole pool, from its per-sample results: keep the M samples
+    with the smallest losses, M = the number of labels in the student's top K (a global
+    count, so this needs every row's results, gathered). Equals `select_confident`."""
+    if results.losses is None:
+        return torch.ones(len(results.labels), dtype=torch.bool, device=results.labels.device)
+    return keep_lowest(results.losses, int(results.in_topk.sum()))
 
 
 def scaled_epochs(epochs: int, keep_rate: float) -> int:

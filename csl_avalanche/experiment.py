@@ -200,11 +200,16 @@ def write_results(path: Path, results: dict) -> None:
         ) from None
 
 
-def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int) -> float:
-    """Accuracy of one teacher's argmax on the whole test split (teacher 0: the generalist)."""
+def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int, chunk_size: int = 65536) -> float:
+    """Accuracy of one teacher's argmax on the whole test split (teacher 0: the generalist),
+    its outputs read `chunk_size` rows at a time."""
     features = benchmark.features
-    predictions = features.teacher_test_probs[teacher].argmax(dim=1)
-    return (predictions == features.test_y).float().mean().item()
+    correct = torch.zeros(())  # float32, as the mean of a float tensor would count
+    for start in range(0, len(features.test_y), chunk_size):
+        rows = slice(start, start + chunk_size)
+        predictions = features.teacher_probs("test", [teacher], rows)[0].argmax(dim=1)
+        correct += (predictions == features.test_y[rows]).float().sum()
+    return (correct / len(features.test_y)).item()
 
 
 def _student(cfg: DictConfig, benchmark: CSLBenchmark) -> torch.nn.Module:
@@ -290,6 +295,7 @@ def _make_strategy(
         labels=s.labels,
         denoise=s.denoise,
         scale_epochs=s.scale_epochs,
+        chunk_size=s.get("chunk_size"),
         reinit_student=s.reinit_student,
         evaluator=_evaluator(
             cfg,

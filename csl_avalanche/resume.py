@@ -40,14 +40,21 @@ from csl_avalanche.settings import RESULTS, TENSORBOARD
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-# Settings that may change between a run and its resumption: they do not change results.
-NOT_COMPARED = ("progress", "cache_dir", "resume")
+# Settings that may change between a run and its resumption: they do not change results (a
+# smaller E-step chunk, say, after running out of memory).
+NOT_COMPARED = ("progress", "cache_dir", "resume", "strategy.chunk_size")
 _MISSING = object()
 
 
 def compared_config(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
-    return {key: value for key, value in config.items() if key not in NOT_COMPARED}
+    for key in NOT_COMPARED:
+        *parents, name = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(name, None)
+    return config
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

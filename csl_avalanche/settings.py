@@ -133,6 +133,7 @@ SETTINGS: dict[str, Rule] = {
     "strategy.epochs": whole(1),
     "strategy.lr": LEARNING_RATE,
     "strategy.batch_size": whole(1),
+    "strategy.chunk_size": optional(whole(1)),
     "benchmark.splits": FRACTIONS,
     "benchmark.val_splits": FRACTIONS,
     "benchmark.teacher_fraction": FRACTION,

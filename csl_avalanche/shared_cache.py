@@ -4,20 +4,22 @@ Rank 0 alone decides whether an entry exists, computes what cannot be split, che
 every entry; the other ranks wait, then load the entry (memory-mapped) from the same folder. A
 `Sharded` computation (feature extraction, teacher outputs) is split by rows instead: each rank
 computes its block, ranks other than 0 leave theirs in a temporary file of the cache folder,
-and rank 0 joins the blocks in rank order into the one entry it writes. With one process,
-SharedTensorCache is TensorCache.
+and rank 0 joins the blocks in rank order into the one entry it writes. An entry filled in
+place (`get_or_fill`, teacher outputs larger than memory) is filled by rank 0 alone. With one
+process, SharedTensorCache is TensorCache.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import torch
 
+from csl_avalanche.atomic import Blank
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.distributed import (
     all_ranks,
@@ -76,6 +78,22 @@ class SharedTensorCache(TensorCache):
         else:
             self.misses += 1
         return self._load(path, key)
+
+    def get_or_fill(
+        self,
+        name: str,
+        key: str,
+        blanks: Mapping[str, Blank],
+        fill: Callable[[dict[str, torch.Tensor]], None],
+        *,
+        check: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
+        cause: str = "",
+    ) -> dict[str, torch.Tensor]:
+        base = super().get_or_fill
+        if world_size() == 1:
+            return base(name, key, blanks, fill, check=check, cause=cause)
+        value = main_only(lambda: base(name, key, blanks, fill, check=check, cause=cause))
+        return value if is_main() else self._load(self.path(name, key), key)
 
     def _split(self, name: str, key: str, sharded: Sharded[T]) -> Callable[[], T]:
         """Every rank computes its block now; returns what rank 0 then calls to join them."""

@@ -1,4 +1,5 @@
-"""Weak teachers: one frozen model per subdomain, each with the same training budget.
+"""Weak teachers: one frozen model per subdomain, each with the same training budget, and their
+class probabilities, cached.
 
 Teacher k draws its training batches only from examples of its own classes, for the same
 number of steps as every other teacher, so a specialist sees more examples per class than the
@@ -7,15 +8,20 @@ generalist; that is what makes specialists worth having (docs/design.md, "Why sp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from csl_avalanche.atomic import Blank
+from csl_avalanche.cache import TensorCache, fingerprint
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.fit import fit_classifier, predict
 from csl_avalanche.hierarchy import Hierarchy
+
+# Cached teacher probabilities: half of float32's size, rounded by at most 2**-11 of each value.
+TEACHER_PROBS_DTYPE = torch.float16
 
 
 def train_teachers(
@@ -62,6 +68,40 @@ def train_teachers(
     return teachers
 
 
-def teacher_probabilities(teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities of every teacher on `x`: [T, N, C]."""
-    return torch.stack([predict(teacher, x).softmax(dim=1) for teacher in teachers])
+def fill_teacher_probabilities(
+    teachers: list[nn.Module], x: torch.Tensor, out: torch.Tensor, *, batch_size: int = 4096
+) -> None:
+    """Write every teacher's class probabilities on `x` into `out` [T, N, C], in `out`'s dtype
+    (float16 halves a cache), one teacher and one batch of rows at a time: `out` may be a
+    memory-mapped file, and no [N, C] or [T, N, C] float32 tensor is built."""
+    for index, teacher in enumerate(teachers):
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            probs = predict(teacher, x[rows], batch_size=batch_size).softmax(dim=1)
+            out[index, rows] = probs.to("cpu", out.dtype)
+
+
+def cached_teacher_probabilities(
+    cache: TensorCache,
+    key: str,
+    teachers: list[nn.Module],
+    inputs: Mapping[str, torch.Tensor],
+    num_classes: int,
+    *,
+    check: Callable[[dict[str, torch.Tensor]], str | None],
+    cause: str,
+) -> dict[str, torch.Tensor]:
+    """{part: [T, n, C]}: the teachers' probabilities on each part's inputs, in
+    TEACHER_PROBS_DTYPE, memory-mapped from the cache entry `key`; on a miss written teacher
+    by teacher into the preallocated entry (`TensorCache.get_or_fill`)."""
+    blanks = {
+        part: Blank((len(teachers), len(x), num_classes), TEACHER_PROBS_DTYPE)
+        for part, x in inputs.items()
+    }
+
+    def fill(out: dict[str, torch.Tensor]) -> None:
+        for part, x in inputs.items():
+            fill_teacher_probabilities(teachers, x, out[part])
+
+    key = fingerprint("teacher-probs", str(TEACHER_PROBS_DTYPE), key)
+    return cache.get_or_fill("teacher-probs", key, blanks, fill, check=check, cause=cause)

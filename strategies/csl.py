@@ -15,8 +15,8 @@ class CSLStrategy(StudentTemplate):
 
     Train it on `benchmark.train_stream` one experience at a time (`levels(stream)`: those it
     takes; with `routes=False`, only the experiences the student does not route, the
-    generalist's). `assignment`, `denoise` and `scale_epochs` go to the plugin; the rest to
-    StudentTemplate.
+    generalist's). `assignment`, `denoise`, `scale_epochs` and `chunk_size` go to the plugin;
+    the rest to StudentTemplate.
     """
 
     routes: bool = True
@@ -28,6 +28,7 @@ class CSLStrategy(StudentTemplate):
         assignment: str = "class_partition",
         denoise: str = "top3",
         scale_epochs: bool = True,
+        chunk_size: int | None = None,
         labels: str = "hard",
         plugins: list | None = None,
         **kwargs,
@@ -38,6 +39,7 @@ class CSLStrategy(StudentTemplate):
             labels=labels,
             denoise=denoise,
             scale_epochs=scale_epochs,
+            chunk_size=chunk_size,
         )
         # The E-step must see the previous student before any other plugin acts on the level.
         super().__init__(labels=labels, plugins=[self.cosupervision, *(plugins or [])], **kwargs)

@@ -81,10 +81,11 @@ class StudentTemplate(SupervisedTemplate):
         return loss
 
     def _soft_targets(self) -> torch.Tensor:
-        """Minibatch column 2, checked to be a floating [B, C] matrix like the output (on a
-        dataset of [x, y, task] it is the task label, which cross_entropy would take for class
-        indices) and, on each level's first batch, to hold probabilities (checking values
-        waits for the device, so not at every step)."""
+        """Minibatch column 2 in float32 (the co-supervision plugin keeps it in float16),
+        checked to be a floating [B, C] matrix like the output (on a dataset of [x, y, task] it
+        is the task label, which cross_entropy would take for class indices) and, on each
+        level's first batch, to hold probabilities (checking values waits for the device, so
+        not at every step)."""
         batch, classes = self.mb_output.shape
         column = self.mbatch[2] if len(self.mbatch) > 2 else None
         if column is None or not column.is_floating_point() or column.shape != (batch, classes):
@@ -96,6 +97,7 @@ class StudentTemplate(SupervisedTemplate):
                 f"column 2 is {got}: build the datasets with soft targets "
                 "(csl_avalanche.benchmark.labelled_dataset) or train with labels='hard'"
             )
+        column = column.float()
         if self.clock.train_exp_iterations == 0:
             sums = column.sum(dim=1)
             if (column < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):

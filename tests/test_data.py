@@ -1,10 +1,14 @@
 """Splits, the cache, and the digits source."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from csl_avalanche.cache import CacheError, TensorCache, fingerprint
+from csl_avalanche.atomic import Blank
+from csl_avalanche.cache import CacheError, InvalidValueError, TensorCache, fingerprint
+from csl_avalanche.data.checks import finite_fault
 from csl_avalanche.data.digits import digits_features, load_digits_tensors
 from csl_avalanche.data.splits import stratified_split
 
@@ -59,6 +63,62 @@ def test_cache_reports_unreadable_and_stale_files(tmp_path):
         cache.get_or_compute("thing", key, lambda: 1)
 
 
+def rss_anon() -> int:
+    """This process's anonymous resident memory, in bytes (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("RssAnon")).split()[1])
+        * 1024
+    )
+
+
+def test_cache_fills_large_values_in_place(tmp_path):
+    cache = TensorCache(tmp_path)
+    shape = (4, 4096, 2048)  # 64 MB of float16
+    blanks = {"pool": Blank(shape, torch.float16), "test": Blank((4, 3, 2), torch.float16)}
+    calls = []
+
+    def fill(out):
+        calls.append(1)
+        for teacher in range(shape[0]):
+            for start in range(0, shape[1], 512):
+                out["pool"][teacher, start : start + 512] = teacher + start / shape[1]
+        out["test"][:] = 2.0
+
+    before = rss_anon()
+    value = cache.get_or_fill("probs", "k", blanks, fill)
+    assert rss_anon() - before < 16 * 2**20  # never the whole 64 MB in memory
+    assert value["pool"].dtype == torch.float16 and value["pool"].shape == shape
+    assert value["pool"][3, 2048, 5] == 3.5 and value["test"].sum() == 48
+    again = cache.get_or_fill("probs", "k", blanks, fill)
+    assert torch.equal(again["pool"], value["pool"]) and len(calls) == 1
+    assert (cache.hits, cache.misses) == (1, 1)
+    plain = torch.load(cache.path("probs", "k"), weights_only=True)  # a plain torch.save file
+    assert plain["key"] == "k" and torch.equal(plain["value"]["test"], value["test"])
+
+
+def test_a_failed_or_faulty_fill_leaves_no_entry(tmp_path):
+    cache = TensorCache(tmp_path)
+    blanks = {"pool": Blank((2, 3), torch.float32)}
+
+    def broken(out):
+        out["pool"][0] = 1.0
+        raise RuntimeError("the teacher failed")
+
+    with pytest.raises(RuntimeError, match="the teacher failed"):
+        cache.get_or_fill("probs", "k", blanks, broken)
+    with pytest.raises(InvalidValueError, match=r"v holds NaN at index \[1, 2\]\. Lower"):
+        cache.get_or_fill(
+            "probs",
+            "k",
+            blanks,
+            lambda out: out["pool"][1, 2].fill_(float("nan")),
+            check=lambda value: finite_fault("v", value["pool"]),
+            cause="Lower the lr.",
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def digits_config():
     return OmegaConf.create(
         {
@@ -88,6 +148,7 @@ def test_digits_source_reuses_its_cache_on_a_second_run(tmp_path):
     assert torch.equal(first.teacher_train_probs, second.teacher_train_probs)
     assert torch.equal(first.train_x, second.train_x)
     assert first.teacher_train_probs.shape == (3, len(first.train_y), 10)
+    assert first.teacher_train_probs.dtype == torch.float16  # half the cache, read in chunks
     cfg.teacher.steps = 21  # a different teacher budget must not reuse the teachers
     third_cache = TensorCache(tmp_path)
     digits_features(cfg, third_cache, seed=0)

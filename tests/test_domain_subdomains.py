@@ -9,6 +9,7 @@ import torch
 from csl_avalanche.benchmark import make_csl_benchmark
 from csl_avalanche.data.features import FeatureSet, FeaturesFileError, load_features, save_features
 from csl_avalanche.errors import ConfigError
+from csl_avalanche.estep import level_results
 from csl_avalanche.plugins.cosupervision import CoSupervisionPlugin
 
 
@@ -67,10 +68,18 @@ def test_domains_outside_the_hierarchy_are_rejected():
 def test_assignment_by_class_is_rejected_and_the_oracle_uses_domains():
     features = domain_feature_set()
     logits = torch.randn(len(features.train_y), features.num_classes)
-    probs = features.teacher_train_probs[1:].permute(1, 0, 2)
-    owner = features.hierarchy.class_to_teacher(1)
-    units = features.units("train")
     with pytest.raises(ConfigError, match="use strategy.assignment=likelihood or kl"):
         CoSupervisionPlugin(features, assignment="class_partition")  # refused when built
     oracle = CoSupervisionPlugin(features, assignment="oracle")
-    assert torch.equal(oracle._assign(logits, probs, owner, units), features.train_domains)
+    results = level_results(
+        features,
+        features.hierarchy.teacher_slice(1),
+        lambda rows: logits[rows],
+        rule="oracle",
+        labels="hard",
+        criterion="all",
+        class_to_teacher=features.hierarchy.class_to_teacher(1),
+        targets=oracle._oracle_units(),
+        chunk_size=7,
+    )
+    assert torch.equal(results.assignment, features.train_domains)

@@ -84,3 +84,31 @@ def test_cli_trains_from_a_features_file(tmp_path):
     assert [lvl["num_teachers"] for lvl in results["levels"]] == [1, 2]
     assert results["weak_accuracy"] < results["ceiling_accuracy"]
     assert set(results["levels"][1]["subdomain_accuracy"]) == {"classes_0-1", "classes_2-3"}
+
+
+def test_loading_reads_every_value_once_and_keeps_teacher_outputs_compact(tmp_path, monkeypatch):
+    """Each tensor is checked once, in its stored dtype; teacher outputs are not converted
+    (a conversion would read the file a second time and hold a float32 copy in memory)."""
+    import csl_avalanche.data.features as module
+
+    features = make_feature_set()
+    path = tmp_path / "features.pt"
+    save_features(
+        replace(
+            features,
+            teacher_train_probs=features.teacher_train_probs.half(),
+            teacher_test_probs=features.teacher_test_probs.half(),
+        ),
+        path,
+    )
+    checked = []
+    for name in ("finite_fault", "probability_fault"):
+        check = getattr(module, name)
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda key, tensor, *a, check=check: checked.append(key) or check(key, tensor, *a),
+        )
+    loaded = load_features(path)
+    assert sorted(checked) == ["teacher_test_probs", "teacher_train_probs", "test_x", "train_x"]
+    assert loaded.teacher_train_probs.dtype == loaded.teacher_test_probs.dtype == torch.float16

@@ -12,9 +12,10 @@ import time
 import pytest
 import torch
 from conftest import CLI_ENV, assert_clean_error, cli, cli_command, run_cli
+from omegaconf import OmegaConf
 
 import csl_avalanche.experiment as experiment
-from csl_avalanche.resume import CHECKPOINT, config_differences
+from csl_avalanche.resume import CHECKPOINT, compared_config, config_differences
 
 FAST = ("strategy.epochs=3",)
 VARIANTS = {
@@ -133,6 +134,13 @@ def test_another_config_is_refused_and_resume_false_starts_over(tmp_path):
     (aside,) = run_dir.glob("replaced-*")
     assert json.loads((aside / "results.json").read_text())["config"]["strategy"]["lr"] == 0.01
     assert (aside / CHECKPOINT).exists() and (aside / "tb").is_dir()
+
+
+def test_settings_that_do_not_change_results_are_not_compared():
+    cfg = OmegaConf.create(
+        {"seed": 0, "progress": True, "strategy": {"lr": 0.01, "chunk_size": 4096}}
+    )
+    assert compared_config(cfg) == {"seed": 0, "strategy": {"lr": 0.01}}
 
 
 def test_config_differences_name_every_changed_key():

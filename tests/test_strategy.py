@@ -6,9 +6,9 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 
 from csl_avalanche import cosupervision as cs
-from csl_avalanche.benchmark import make_csl_benchmark
+from csl_avalanche.benchmark import labelled_dataset, make_csl_benchmark
 from csl_avalanche.errors import ConfigError
-from csl_avalanche.loader import InMemoryBatchLoader
+from csl_avalanche.loader import InMemoryBatchLoader, materialize
 from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
 
 
@@ -75,8 +75,8 @@ def test_each_level_trains_on_the_kept_relabelled_pool(tiny_features, labels):
     assert torch.equal(level1["y"], hard)
     if labels == "soft":  # [x, y, soft_target, task]
         assert level0["columns"] == level1["columns"] == 4
-        assert torch.allclose(torch.stack(level0["target"]), generalist)
-        assert torch.allclose(torch.stack(level1["target"]), target)
+        assert torch.equal(torch.stack(level0["target"]), generalist.half())  # kept in float16
+        assert torch.equal(torch.stack(level1["target"]), target.half())
     else:  # [x, y, task]: hard labels carry no target vector
         assert level0["columns"] == level1["columns"] == 3 and target is None
     assert torch.equal(level1["x"], tiny_features.train_x[keep])
@@ -186,3 +186,27 @@ def test_in_memory_loader_yields_every_sample_once_per_epoch(tiny_features):
     order = torch.cat([b[1] for b in batches])
     assert sorted(order.tolist()) == sorted(tiny_features.train_y.tolist())
     assert torch.allclose(x.sort(0).values, tiny_features.train_x.sort(0).values)
+
+
+def test_the_loader_gathers_from_the_pool_without_copying_it(tiny_features):
+    rows = torch.tensor([5, 2, 9, 4, 0])
+    soft = tiny_features.teacher_train_probs[1]
+    dataset = labelled_dataset(tiny_features.train_x, tiny_features.train_y, soft, rows=rows)
+    loader = InMemoryBatchLoader(dataset.train(), batch_size=2, shuffle=False)
+    assert loader.columns.tensors[0] is tiny_features.train_x  # Avalanche's views keep it
+    streamed = [torch.cat(column) for column in zip(*loader, strict=True)]
+    through_avalanche = materialize(dataset)
+    assert len(streamed) == len(through_avalanche) == 4  # x, y, soft target, task
+    assert all(map(torch.equal, streamed, through_avalanche))
+    # A dataset Avalanche derives (a subset, a concatenation) is read through Avalanche.
+    subset = InMemoryBatchLoader(dataset.subset([0, 2]), batch_size=2, shuffle=False)
+    assert subset.columns.tensors[0] is not tiny_features.train_x
+    assert torch.equal(next(iter(subset))[0], tiny_features.train_x[[5, 9]])
+    # The ceiling and the evaluation stream their inputs from the features too.
+    benchmark = make_csl_benchmark(tiny_features)
+    for experience, x in [
+        (benchmark.ceiling_stream[0], tiny_features.train_x),
+        *((experience, tiny_features.test_x) for experience in benchmark.test_stream),
+    ]:
+        dataset = experience.dataset.eval()
+        assert InMemoryBatchLoader(dataset, batch_size=7, shuffle=False).columns.tensors[0] is x

@@ -10,11 +10,18 @@ With a fine-tuned student (`student.finetune=true` on the image benchmarks) `tra
 in [0, 1]): the student network normalises and augments them itself. Features files always
 hold embeddings.
 
-A features file may store its tensors in any floating-point dtype (float16, bfloat16, float64)
-and its labels and domains in any integer dtype: they are converted on loading to float32 and
-int64, what the linear probe and the losses compute in (a converted tensor is a copy in memory;
-float32 tensors stay memory-mapped). Every value is checked: no NaN or Inf in the embeddings,
-and teacher probabilities that are probabilities (non-negative rows summing to 1).
+Teacher outputs are the largest tensors by far ([T, N, C]: 24 GB of float16 for 800k samples,
+1000 classes and 15 teachers), so they are never converted or copied whole: they stay as stored
+(float16 halves them; any floating-point dtype loads), memory-mapped, and are read a chunk of
+rows at a time through `FeatureSet.teacher_probs`, which computes in float32. A features file
+holds probabilities (`teacher_train_probs`, `teacher_test_probs`) or, instead, logits
+(`teacher_train_logits`, `teacher_test_logits`), which the same reader turns into
+probabilities (a softmax per chunk). The student inputs may also be stored in any floating-point
+dtype and the labels and domains in any integer dtype: they are converted on loading to float32
+and int64, what the linear probe and the losses compute in (a converted tensor is a copy in
+memory; float32 tensors stay memory-mapped). Every value is checked, in one chunked reading of
+the file: no NaN or Inf in the embeddings or logits, and teacher probabilities that are
+probabilities (non-negative rows summing to 1).
 
 Subdomains are usually class sets. When they are input domains instead (DomainNet: a sketch
 specialist knows every class, but only sketches), the optional `train_domains`/`test_domains`
@@ -26,12 +33,18 @@ from __future__ import annotations
 
 import codecs
 import os
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-from csl_avalanche.data.checks import SAMPLE_AXES, finite_fault, probability_fault
+from csl_avalanche.data.checks import (
+    SAMPLE_AXES,
+    TEACHER_AXES,
+    finite_fault,
+    probability_fault,
+)
 from csl_avalanche.errors import ConfigError, reason
 from csl_avalanche.hierarchy import Hierarchy, HierarchyError
 
@@ -46,12 +59,41 @@ class FeatureSet:
     train_y: torch.Tensor  # [N] ground truth (ceiling and diagnostics only)
     test_x: torch.Tensor  # [M, D] (or [M, 3, H, W])
     test_y: torch.Tensor  # [M]
-    teacher_train_probs: torch.Tensor  # [T, N, C]
-    teacher_test_probs: torch.Tensor  # [T, M, C]
+    # [T, N, C] and [T, M, C], as stored: probabilities, or logits when `teacher_logits`; read
+    # them through `teacher_probs`.
+    teacher_train_probs: torch.Tensor
+    teacher_test_probs: torch.Tensor
     levels: list[list[int]]  # teacher indices per level; level 0 is one generalist
     subdomains: list[list[int]]  # classes (or domains) of each teacher
     train_domains: torch.Tensor | None = None  # [N] domain of each pool sample, or None
     test_domains: torch.Tensor | None = None  # [M]
+    teacher_logits: bool = False  # the teacher outputs above are logits, not probabilities
+
+    def teacher_probs(
+        self,
+        split: str,
+        teachers: slice | Sequence[int] = slice(None),
+        rows: slice | torch.Tensor = slice(None),
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Class probabilities [K, n, C], float32, of `teachers` on `rows` (a slice, or an index
+        tensor) of `split` ("train": the pool, "test").
+
+        Only that chunk is read (from the memory map) and moved to `device` in its stored
+        dtype, then converted; logits get their softmax here. Callers iterate over chunks of
+        rows, so that no [T, N, C] float32 tensor is ever built.
+        """
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        stored = self.teacher_train_probs if split == "train" else self.teacher_test_probs
+        if isinstance(teachers, slice):
+            chunk = stored[teachers, rows]
+        elif isinstance(rows, torch.Tensor):  # two index lists: broadcast to [K, n]
+            chunk = stored[torch.as_tensor(list(teachers))[:, None], rows[None, :]]
+        else:
+            chunk = stored[list(teachers), rows]
+        chunk = chunk.to(device).float()
+        return chunk.softmax(dim=-1) if self.teacher_logits else chunk
 
     @property
     def num_classes(self) -> int:
@@ -91,8 +133,9 @@ class FeatureSet:
 
         `images=False` (features files) requires embeddings [N, D]; otherwise the student
         inputs may also be images [N, 3, H, W], uint8 or floating point. `values` also reads
-        every value once (finite inputs, probabilities that are probabilities); sources whose
-        tensors the cache checked as they were computed or loaded skip that second reading.
+        every value once, in chunks (finite inputs and logits, probabilities that are
+        probabilities); sources whose tensors the cache checked as they were computed or loaded
+        skip that second reading.
         """
         if images and self.holds_images:
             for name in ("train_x", "test_x"):
@@ -102,8 +145,9 @@ class FeatureSet:
             _check_tensor("test_x", self.test_x, dims=2, floating=True)
         _check_tensor("train_y", self.train_y, dims=1, floating=False)
         _check_tensor("test_y", self.test_y, dims=1, floating=False)
-        _check_tensor("teacher_train_probs", self.teacher_train_probs, dims=3, floating=True)
-        _check_tensor("teacher_test_probs", self.teacher_test_probs, dims=3, floating=True)
+        train_key, test_key = self.teacher_keys()
+        _check_tensor(train_key, self.teacher_train_probs, dims=3, floating=True)
+        _check_tensor(test_key, self.teacher_test_probs, dims=3, floating=True)
         n, *sample = self.train_x.shape
         d = f"D={sample[0]}" if len(sample) == 1 else f"images of {sample}"
         m = self.test_x.shape[0]
@@ -115,13 +159,13 @@ class FeatureSet:
                 "test_x holds no samples (M=0): the test split is empty, nothing to evaluate on"
             )
         if c == 0:
-            raise FeaturesFileError("teacher_train_probs has C=0 classes")
+            raise FeaturesFileError(f"{train_key} has C=0 classes")
         expect = {
             "train_y": (self.train_y, (n,)),
             "test_x": (self.test_x, (m, *sample)),
             "test_y": (self.test_y, (m,)),
-            "teacher_train_probs": (self.teacher_train_probs, (t, n, c)),
-            "teacher_test_probs": (self.teacher_test_probs, (t, m, c)),
+            train_key: (self.teacher_train_probs, (t, n, c)),
+            test_key: (self.teacher_test_probs, (t, m, c)),
         }
         for name, (tensor, shape) in expect.items():
             if tuple(tensor.shape) != shape:
@@ -133,7 +177,7 @@ class FeatureSet:
             if len(labels) and (labels.min() < 0 or labels.max() >= c):
                 raise FeaturesFileError(
                     f"{name} holds labels in [{int(labels.min())}, {int(labels.max())}], "
-                    f"outside 0..{c - 1} (C={c} from the teacher probabilities)"
+                    f"outside 0..{c - 1} (C={c} from the teacher outputs)"
                 )
         if values:
             self._validate_values()
@@ -141,7 +185,7 @@ class FeatureSet:
         if len(self.subdomains) != t:
             raise FeaturesFileError(
                 f"subdomains lists {len(self.subdomains)} teachers, but the teacher "
-                f"probabilities hold T={t}"
+                f"outputs hold T={t}"
             )
         try:
             self.hierarchy  # noqa: B018 - validates levels and subdomains
@@ -149,16 +193,26 @@ class FeatureSet:
             raise FeaturesFileError(f"levels/subdomains: {err}") from None
         return self
 
+    def teacher_keys(self) -> tuple[str, str]:
+        """The names of the teacher outputs, as a features file stores them."""
+        return TEACHER_KEYS["logits" if self.teacher_logits else "probs"]
+
     def _validate_values(self) -> None:
-        """Finite student inputs; teacher outputs that are probabilities."""
+        """Finite student inputs; teacher outputs that are probabilities (or finite logits).
+        Each tensor is read once, a chunk at a time."""
         axes = IMAGE_AXES if self.holds_images else SAMPLE_AXES
         if fault := finite_fault("train_x", self.train_x, axes) or finite_fault(
             "test_x", self.test_x, axes
         ):
             raise FeaturesFileError(f"{fault}; the student inputs must be finite numbers")
-        if fault := probability_fault(
-            "teacher_train_probs", self.teacher_train_probs
-        ) or probability_fault("teacher_test_probs", self.teacher_test_probs):
+        train_key, test_key = self.teacher_keys()
+        train, test = self.teacher_train_probs, self.teacher_test_probs
+        if self.teacher_logits:
+            if fault := finite_fault(train_key, train, TEACHER_AXES) or finite_fault(
+                test_key, test, TEACHER_AXES
+            ):
+                raise FeaturesFileError(f"{fault}; teacher logits must be finite numbers")
+        elif fault := probability_fault(train_key, train) or probability_fault(test_key, test):
             raise FeaturesFileError(
                 f"{fault}; teacher outputs must be probabilities, non-negative rows summing to "
                 "1 (softmax of finite logits)"
@@ -185,22 +239,37 @@ class FeatureSet:
 
 OPTIONAL_FIELDS = ("train_domains", "test_domains")
 INTEGER_FIELDS = ("train_y", "test_y", "train_domains", "test_domains")
-PROBABILITY_FIELDS = ("teacher_train_probs", "teacher_test_probs")
+# A features file's teacher outputs: probabilities, or logits (FeatureSet.teacher_logits).
+TEACHER_KEYS = {
+    "probs": ("teacher_train_probs", "teacher_test_probs"),
+    "logits": ("teacher_train_logits", "teacher_test_logits"),
+}
 IMAGE_AXES = ("image", "channel", "row", "column")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 
 
 def load_features(path: str | os.PathLike[str]) -> FeatureSet:
     """Read, convert (see the module doc) and validate a features file written with
-    `torch.save(dict)`; errors name the file."""
+    `torch.save(dict)`, reading every value once; errors name the file."""
     path = Path(path).expanduser()
     raw = _load_file(path)
-    names = [f.name for f in fields(FeatureSet)]
     if not isinstance(raw, dict):
         raise FeaturesFileError(f"{path} holds a {type(raw).__name__}, expected a dict")
-    missing = [name for name in names if name not in raw and name not in OPTIONAL_FIELDS]
+    kinds = [kind for kind, keys in TEACHER_KEYS.items() if any(key in raw for key in keys)]
+    if len(kinds) > 1:
+        present = [key for keys in TEACHER_KEYS.values() for key in keys if key in raw]
+        raise FeaturesFileError(
+            f"{path} holds both teacher probabilities and logits ({present}); keep one kind"
+        )
+    kind = kinds[0] if kinds else "probs"
+    # File key -> FeatureSet field: teacher outputs of either kind fill the teacher fields.
+    keys = dict(zip(_file_keys(kind), _file_keys("probs"), strict=True))
+    missing = [key for key in keys if key not in raw and key not in OPTIONAL_FIELDS]
     if missing:
-        raise FeaturesFileError(f"{path} lacks keys {missing}; a features file needs {names}")
+        raise FeaturesFileError(
+            f"{path} lacks keys {missing}; a features file needs {_file_keys('probs')} (or "
+            "teacher_train_logits and teacher_test_logits instead of the probabilities)"
+        )
     try:
         levels = [[int(t) for t in lvl] for lvl in raw["levels"]]
         subdomains = [[int(c) for c in sub] for sub in raw["subdomains"]]
@@ -208,25 +277,30 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         raise FeaturesFileError(
             f"{path}: `levels` and `subdomains` must be lists of lists of integers"
         ) from None
-    tensors = {name: raw.get(name) for name in names if name not in ("levels", "subdomains")}
-    for name, value in tensors.items():
+    tensors = {}
+    for key, name in keys.items():
+        if name in ("levels", "subdomains"):
+            continue
+        value = raw.get(key)
         if not isinstance(value, torch.Tensor) and not (name in OPTIONAL_FIELDS and value is None):
-            raise FeaturesFileError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
-    # Probabilities are checked in the precision they were saved in, then converted: their
-    # rows sum to 1 only within that precision.
-    tensors = {
-        name: value if name in PROBABILITY_FIELDS else _standard_dtype(name, value)
-        for name, value in tensors.items()
-    }
+            raise FeaturesFileError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+        # Teacher outputs stay as stored (compact, memory-mapped): they are converted a chunk
+        # at a time when read, and checked in their own precision.
+        tensors[name] = value if key in TEACHER_KEYS[kind] else _standard_dtype(name, value)
     try:
-        features = FeatureSet(**tensors, levels=levels, subdomains=subdomains)
-        features.validate(images=False)
+        features = FeatureSet(
+            **tensors, levels=levels, subdomains=subdomains, teacher_logits=kind == "logits"
+        )
+        return features.validate(images=False)
     except FeaturesFileError as err:
         raise FeaturesFileError(f"{path}: {err}") from None
-    return replace(
-        features,
-        **{name: _standard_dtype(name, getattr(features, name)) for name in PROBABILITY_FIELDS},
-    )
+
+
+def _file_keys(kind: str) -> list[str]:
+    """The keys of a features file whose teacher outputs are of `kind` (probs or logits)."""
+    train, test = TEACHER_KEYS[kind]
+    names = [f.name for f in fields(FeatureSet) if f.name != "teacher_logits"]
+    return [{"teacher_train_probs": train, "teacher_test_probs": test}.get(n, n) for n in names]
 
 
 def _load_file(path: Path) -> object:
@@ -286,7 +360,10 @@ def _standard_dtype(name: str, tensor: torch.Tensor | None) -> torch.Tensor | No
 
 
 def save_features(features: FeatureSet, path: str | os.PathLike[str]) -> None:
-    torch.save({f.name: getattr(features, f.name) for f in fields(FeatureSet)}, path)
+    """A features file that `load_features` reads back (teacher logits stay logits)."""
+    kind = "logits" if features.teacher_logits else "probs"
+    values = [getattr(features, name) for name in _file_keys("probs")]
+    torch.save(dict(zip(_file_keys(kind), values, strict=True)), path)
 
 
 def _check_tensor(

@@ -12,8 +12,10 @@ the image files, so a second run of the same config extracts nothing.
 Subdomains are class sets, or input domains when the images carry `domains` (DomainNet): then a
 domain specialist trains on all classes of its own domain's images.
 
-Image decoding, feature extraction and teacher outputs are `Sharded`: under torchrun each rank
-computes a block of the images and rank 0 writes the one cache entry (`shared_cache`).
+Image decoding and feature extraction are `Sharded`: under torchrun each rank computes a block
+of the images and rank 0 writes the one cache entry (`shared_cache`). Teacher outputs (linear
+heads on those features, a small part of the work) are written by rank 0, teacher by teacher,
+into a memory-mapped cache file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy
 from csl_avalanche.model_registry import Preprocessing, feature_extractor, preprocessing
 from csl_avalanche.shared_cache import Sharded
-from csl_avalanche.teachers import teacher_probabilities, train_teachers
+from csl_avalanche.teachers import cached_teacher_probabilities, train_teachers
 
 log = logging.getLogger(__name__)
 AXES = ("image", "feature")
@@ -124,17 +126,12 @@ def build_image_feature_set(
             cause=TEACHERS_DIVERGED,
         )
     heads = [_linear_head(state).to(extract.device) for state in states]
-    probs = cache.get_or_compute(
-        "teacher-probs",
-        fingerprint("teacher-probs", states, pool_key, test_key),
-        Sharded(
-            lambda rows: {
-                "pool": teacher_probabilities(heads, pool_t[rows(len(pool_t))]).cpu(),
-                "test": teacher_probabilities(heads, test_t[rows(len(test_t))]).cpu(),
-            },
-            dim=1,  # [T, N, C]
-            size=min(len(pool_t), len(test_t)),
-        ),
+    probs = cached_teacher_probabilities(
+        cache,
+        fingerprint(states, pool_key, test_key),
+        heads,
+        {"pool": pool_t, "test": test_t},
+        num_classes,
         check=teacher_probs_fault,
         cause="The teacher heads overflow on these features; check teacher.heads or lower "
         "teacher.lr.",

@@ -20,7 +20,7 @@ from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.splits import checked_split
 from csl_avalanche.fit import fit_classifier, predict
 from csl_avalanche.hierarchy import Hierarchy
-from csl_avalanche.teachers import teacher_probabilities, train_teachers
+from csl_avalanche.teachers import cached_teacher_probabilities, train_teachers
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,12 @@ def build_feature_set(
     teachers = trained_teachers(
         make_teacher, teacher_budget, data.teachers, hierarchy, teacher_config, cache, seed
     )
-    probs_key = fingerprint("teacher-probs", teachers, data.pool[0], data.test[0])
-    probs = cache.get_or_compute(
-        "teacher-probs",
-        probs_key,
-        lambda: {
-            "pool": teacher_probabilities(teachers, data.pool[0]),
-            "test": teacher_probabilities(teachers, data.test[0]),
-        },
+    probs = cached_teacher_probabilities(
+        cache,
+        fingerprint(teachers, data.pool[0], data.test[0]),
+        teachers,
+        {"pool": data.pool[0], "test": data.test[0]},
+        hierarchy.num_classes,
         check=teacher_probs_fault,
         cause="The weak teachers overflow on these inputs.",
     )

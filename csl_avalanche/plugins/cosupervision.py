@@ -1,14 +1,17 @@
 """CoSupervisionPlugin: CSL's E-step and noise reduction at the start of every level.
 
-Glue only: the math is in `csl_avalanche.cosupervision`. Each experience is a
-`benchmark.TeacherExperience`: a level (the whole pool, the level's teachers), or a phase of a
-class-incremental arrival (the arrival's samples, the teachers that have arrived). Before its
-dataset is adapted, the plugin runs the previous student over the experience's samples
-(batched, on the strategy's device), assigns teachers, builds hard or soft targets, selects the
-kept samples, and replaces the experience's dataset with the kept, relabelled samples, so
-everything downstream (the loader, replay buffers, EWC's Fisher pass) sees teacher labels only.
-The experience is the strategy's copy (CSLStrategy trains on `experience.logging()` copies),
-never the benchmark's stream.
+Glue only: the math is in `csl_avalanche.cosupervision`, the chunked pass over the pool in
+`csl_avalanche.estep`. Each experience is a `benchmark.TeacherExperience`: a level (the whole
+pool, the level's teachers), or a phase of a class-incremental arrival (the arrival's samples,
+the teachers that have arrived). Before its dataset is adapted, the plugin runs the previous
+student and the experience's teachers over its samples, a chunk of rows at a time on the
+strategy's device, assigns teachers, builds hard or soft targets, selects the kept samples, and
+replaces the experience's dataset with the kept, relabelled samples (rows of the pool's
+tensors, not a copy), so everything downstream (the loader, replay buffers, EWC's Fisher
+pass) sees teacher labels only. The experience is the strategy's copy (CSLStrategy trains on
+`experience.logging()` copies), never the benchmark's stream. Under torchrun each process runs
+the E-step on its own block of the samples; the per-sample results are gathered and every
+process selects the same kept set.
 
 Ground truth: only the `oracle` rule is given the pool's true classes (or domains); the level's
 diagnostics (LevelStatistics) read them separately, after the labels are fixed.
@@ -23,9 +26,11 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from csl_avalanche import cosupervision as cs
-from csl_avalanche.benchmark import labelled_dataset, teacher_outputs
+from csl_avalanche import distributed
+from csl_avalanche.benchmark import labelled_dataset, pool_inputs
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.errors import ConfigError
+from csl_avalanche.estep import Student, aligned, chunk_rows, level_results
 from csl_avalanche.fit import predict
 
 
@@ -53,7 +58,9 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
     assignment: a rule of `cosupervision.assign_teachers`, or `ensemble` (the mean of the
     level's teachers). labels: `hard` or `soft`. denoise: `all` or `topK`; an experience the
     student does not route (level 0) is never filtered. scale_epochs: train int(E / keep_rate)
-    epochs so the steps per level stay equal.
+    epochs so the steps per level stay equal. chunk_size: pool rows per E-step chunk (None: as
+    many as fit `estep.CHUNK_MEMORY`), rounded down to a multiple of the strategy's evaluation
+    batch size.
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         labels: str = "hard",
         denoise: str = "top3",
         scale_epochs: bool = True,
+        chunk_size: int | None = None,
     ):
         super().__init__()
         if assignment not in cs.TARGET_RULES:
@@ -83,6 +91,7 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         self.labels = labels
         self.denoise = denoise
         self.scale_epochs = scale_epochs
+        self.chunk_size = chunk_size
         self.stats: list[LevelStatistics] = []
 
     def state_dict(self) -> dict:
@@ -95,27 +104,9 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
     def before_train_dataset_adaptation(self, strategy, **kwargs) -> None:
         experience = strategy.experience  # a TeacherExperience: its teachers, owners, samples
         start = time.perf_counter()
-        device = strategy.device
-        rows = experience.samples
-        x = self.features.train_x if rows is None else self.features.train_x[rows]
-        probs = teacher_outputs(self.features.teacher_train_probs, experience.teachers, rows)
-        probs = probs.to(device).permute(1, 0, 2)  # [N, K, C]
-        owner = experience.owner.to(device)  # unit -> teacher
-
-        if not experience.routed:
-            assignment = torch.zeros(probs.shape[0], dtype=torch.long, device=device)
-            logits = None
-        else:
-            logits = predict(strategy.model, x, batch_size=strategy.eval_mb_size)
-            assignment = self._assign(logits, probs, owner, self._oracle_units(rows, device))
-        target_probs = (
-            probs.mean(dim=1) if assignment is None else cs.gather_targets(probs, assignment)
-        )
-        hard, targets = cs.make_targets(target_probs, self.labels)
-        if logits is None:
-            keep = torch.ones_like(hard, dtype=torch.bool)
-        else:
-            keep = cs.select_confident(logits, hard, self.denoise)
+        samples = experience.samples
+        results = self._results(strategy, experience)
+        keep = cs.select_kept(results)
         keep_rate = keep.float().mean().item()
         self._check_enough(keep, strategy.train_mb_size, experience.label)
 
@@ -123,64 +114,81 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         if self.scale_epochs:
             epochs = cs.scaled_epochs(epochs, keep_rate)
         strategy.train_epochs = epochs
-        kept = keep.nonzero().flatten()
         experience.dataset = labelled_dataset(
-            x[kept.cpu()],
-            hard[kept].cpu(),
-            None if targets is None else targets[kept].cpu(),
+            pool_inputs(self.features, samples),
+            results.labels,
+            results.soft,
+            rows=keep.nonzero().flatten(),
         )
-        stats = self._statistics(
-            experience.stage, probs.shape[1], hard, keep, assignment, owner, epochs, start, rows
-        )
+        stats = self._statistics(experience, results, keep, epochs, start)
         self.stats.append(stats)
         experience.level_statistics = stats
 
-    def _oracle_units(self, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        """The true units (classes, or domains) of the pool rows `rows` (None: all) for the
-        `oracle` rule; None for every other rule, so that no student-facing label can depend on
-        ground truth."""
+    def _results(self, strategy, experience) -> cs.SampleResults:
+        """The E-step's per-sample results over the experience's samples; under torchrun each
+        process computes its block and all of them get every block, in order."""
+        samples = experience.samples
+        total = len(self.features.train_y) if samples is None else len(samples)
+        chunk_size = self.chunk_size or chunk_rows(
+            experience.num_teachers, self.features.num_classes
+        )
+
+        def block() -> cs.SampleResults:
+            positions = distributed.shard_rows(total, distributed.rank(), distributed.world_size())
+            return level_results(
+                self.features,
+                experience.teachers,
+                self._student(strategy) if experience.routed else None,
+                rule=self.assignment,
+                labels=self.labels,
+                criterion=self.denoise,
+                class_to_teacher=experience.owner,
+                targets=self._oracle_units(),
+                samples=samples,
+                positions=range(positions.start, positions.stop),
+                chunk_size=aligned(chunk_size, strategy.eval_mb_size),
+                device=strategy.device,
+            )
+
+        return cs.SampleResults.cat(distributed.all_ranks(block))
+
+    def _student(self, strategy) -> Student:
+        """The previous student's logits on some rows of the pool, in evaluation batches."""
+        return lambda rows: predict(
+            strategy.model, self.features.train_x[rows], batch_size=strategy.eval_mb_size
+        )
+
+    def _oracle_units(self) -> torch.Tensor | None:
+        """The pool's true units (classes, or domains) for the `oracle` rule; None for every
+        other rule, so that no student-facing label can depend on ground truth."""
         if self.assignment != "oracle":
             return None
-        return _of_rows(self.features.units("train"), rows).to(device)
+        return self.features.units("train")
 
     def _statistics(
-        self,
-        level: int,
-        num_teachers: int,
-        hard: torch.Tensor,
-        keep: torch.Tensor,
-        assignment: torch.Tensor | None,
-        owner: torch.Tensor,
-        epochs: int,
-        start: float,
-        rows: torch.Tensor | None,
+        self, experience, results: cs.SampleResults, keep: torch.Tensor, epochs: int, start: float
     ) -> LevelStatistics:
-        """The level's diagnostics: besides the oracle rule, the only reader of the pool's
+        """The experience's diagnostics: besides the oracle rule, the only reader of the pool's
         ground truth; they describe the labels once fixed and never change them."""
-        truth = _of_rows(self.features.train_y, rows).to(hard.device)
-        units = _of_rows(self.features.units("train"), rows).to(hard.device)
-        correct = hard == truth
+        samples = experience.samples
+        truth = _of_rows(self.features.train_y, samples)
+        units = _of_rows(self.features.units("train"), samples)
+        correct = results.labels == truth
+        assignment = results.assignment
         return LevelStatistics(
-            level=level,
-            num_teachers=num_teachers,
+            level=experience.stage,
+            num_teachers=experience.num_teachers,
             keep_rate=keep.float().mean().item(),
             label_precision=correct[keep].float().mean().item(),
             label_recall=(correct & keep).sum().item() / max(1, correct.sum().item()),
             assignment_accuracy=(
-                None if assignment is None else (assignment == owner[units]).float().mean().item()
+                None
+                if assignment is None
+                else (assignment == experience.owner[units]).float().mean().item()
             ),
             teacher_accuracy=correct.float().mean().item(),
             epochs=epochs,
             estep_seconds=time.perf_counter() - start,
-        )
-
-    def _assign(self, logits, probs, owner, oracle_units) -> torch.Tensor | None:
-        """`owner` maps each unit (class, or domain) to its teacher; `oracle_units` [N] is each
-        sample's true unit, given for the `oracle` rule only (None otherwise)."""
-        if self.assignment == "ensemble":
-            return None
-        return cs.assign_teachers(
-            logits, probs, self.assignment, class_to_teacher=owner, targets=oracle_units
         )
 
     def _check_enough(self, keep: torch.Tensor, batch_size: int, label: str) -> None:
