@@ -108,12 +108,27 @@ def test_row_ranges_gathered_equal_one_pass():
     student = lambda rows: data["student"][rows]  # noqa: E731
     whole = level_results(features, hierarchy.teacher_slice(1), student, **kwargs)
     parts = [
-        level_results(features, hierarchy.teacher_slice(1), student, rows=rows, **kwargs)
+        level_results(features, hierarchy.teacher_slice(1), student, positions=rows, **kwargs)
         for rows in (range(0, 20), range(20, 41), range(41, N))
     ]
     gathered = cs.SampleResults.cat(parts)
     assert all(map(same, gathered._tensors(), whole._tensors()))
     assert torch.equal(cs.select_kept(gathered), cs.select_kept(whole))
+
+
+@pytest.mark.parametrize("teachers", [slice(1, 4), [0, 2, 3]], ids=["level", "list"])
+def test_a_subset_of_samples_reads_its_own_rows(teachers):
+    """A class-incremental arrival covers some pool rows, in any order, and its teachers may be
+    any list: every sample's results are those of its row in a pass over the whole pool."""
+    features, data = pool()
+    owner = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    kwargs = dict(rule="kl", labels="soft", criterion="top2", class_to_teacher=owner)
+    student = lambda rows: data["student"][rows]  # noqa: E731
+    samples = torch.tensor([40, 3, 17, 18, 5, 52, 0, 11, 29])
+    whole = level_results(features, teachers, student, chunk_size=N, **kwargs)
+    subset = level_results(features, teachers, student, samples=samples, chunk_size=4, **kwargs)
+    for got, expected in zip(subset._tensors(), whole._tensors(), strict=True):
+        assert torch.equal(got, expected[samples])
 
 
 def test_selection_is_global_with_ties_to_the_lower_index():
