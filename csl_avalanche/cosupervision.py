@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 ASSIGNMENT_RULES = ("class_partition", "likelihood", "kl", "oracle")
-# What `strategy.assignment` may name: a rule above, or `ensemble` (no assignment: the mean of
-# the level's teachers, built by the co-supervision plugin).
-TARGET_RULES = (*ASSIGNMENT_RULES, "ensemble")
+# What `strategy.assignment` may name: a rule above; `posterior`, the E-step's posterior over
+# the teachers instead of its argmax (a mixture of the teachers per sample); or `ensemble` (no
+# assignment: the plain mean of the level's teachers).
+TARGET_RULES = (*ASSIGNMENT_RULES, "posterior", "ensemble")
 LABEL_KINDS = ("hard", "soft")
 _EPS = 1e-12
 
@@ -78,6 +79,25 @@ def assignment_fault(rule: str, *, by_domain: bool) -> str | None:
             "use strategy.assignment=likelihood or kl"
         )
     return None
+
+
+def posterior_weights(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """r_ik, [N, K]: the E-step's posterior over the K teachers with a uniform gate, each
+    teacher's likelihood of the student's predicted class y_hat_i, normalised per sample:
+    r_ik = q_k(y_hat_i | x_i) / sum_j q_j(y_hat_i | x_i). A sample no teacher gives any mass to
+    gets uniform weights. Its argmax is the `likelihood` rule's assignment."""
+    _check_shapes(student_logits, teacher_probs)
+    n, k, _ = teacher_probs.shape
+    proxy = student_logits.argmax(dim=1).view(n, 1, 1).expand(n, k, 1)
+    likelihood = teacher_probs.float().gather(2, proxy).squeeze(2)
+    total = likelihood.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, likelihood / total.clamp_min(_EPS), 1.0 / k)
+
+
+def mixture_targets(weights: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """sum_k r_ik q_k(. | x_i), [N, C]: the teachers' class probabilities mixed per sample by
+    `weights` [N, K] (rows summing to 1)."""
+    return torch.einsum("nk,nkc->nc", weights, teacher_probs.float())
 
 
 def gather_targets(teacher_probs: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
@@ -208,24 +228,25 @@ def sample_results(
     student_logits [n, C], None at level 0 (no previous student: the generalist, teacher 0,
     labels every sample, and nothing is filtered); teacher_probs [n, K, C]; rule: one of
     TARGET_RULES (`ensemble`: the mean of the teachers); class_to_teacher and targets as for
-    `assign_teachers`. Every output row depends on its input row only, so the results of
-    consecutive chunks, concatenated, are those of the whole pool, bit for bit; the selection
-    over the whole pool is `select_kept`.
+    `assign_teachers`. `posterior` assigns the argmax of `posterior_weights` and targets their
+    mixture of the teachers (`mixture_targets`). Every output row depends on its input row
+    only, so the results of consecutive chunks, concatenated, are those of the whole pool, bit
+    for bit; the selection over the whole pool is `select_kept`.
     """
     n = teacher_probs.shape[0]
     if student_logits is None:
         assignment = torch.zeros(n, dtype=torch.long, device=teacher_probs.device)
+        target_probs = gather_targets(teacher_probs, assignment)
     elif rule == "ensemble":
-        assignment = None
+        assignment, target_probs = None, teacher_probs.mean(dim=1)
+    elif rule == "posterior":
+        weights = posterior_weights(student_logits, teacher_probs)
+        assignment, target_probs = weights.argmax(dim=1), mixture_targets(weights, teacher_probs)
     else:
         assignment = assign_teachers(
             student_logits, teacher_probs, rule, class_to_teacher=class_to_teacher, targets=targets
         )
-    target_probs = (
-        teacher_probs.mean(dim=1)
-        if assignment is None
-        else gather_targets(teacher_probs, assignment)
-    )
+        target_probs = gather_targets(teacher_probs, assignment)
     hard, soft = make_targets(target_probs, labels)
     k = topk_of(criterion)
     if student_logits is None or k is None:

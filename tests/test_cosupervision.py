@@ -50,6 +50,59 @@ def test_kl_picks_the_teacher_closest_to_the_student():
     assert z.tolist() == [1, 0]
 
 
+def test_posterior_weights_and_mixture_by_hand():
+    # Sample 0: the student predicts class 0; the teachers give it 0.6 and 0.2, so r = 3/4, 1/4.
+    # Sample 1: it predicts class 2, given 0.1 and 0.35 by the teachers: r = 2/9, 7/9. The
+    # mixture's argmax is class 0, the first teacher's class: the likelihood rule would take
+    # the second teacher alone, whose label is class 1.
+    teachers = torch.tensor(
+        [
+            [[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]],
+            [[0.9, 0.0, 0.1], [0.3, 0.35, 0.35]],
+        ]
+    )
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    weights = cs.posterior_weights(logits, teachers)
+    assert torch.allclose(weights, torch.tensor([[0.75, 0.25], [2 / 9, 7 / 9]]))
+    mixture = cs.mixture_targets(weights, teachers)
+    expected = torch.tensor(
+        [[0.5, 0.275, 0.225], [0.2 + 7 / 30, 0.35 * 7 / 9, 0.1 * 2 / 9 + 0.35 * 7 / 9]]
+    )
+    assert torch.allclose(mixture, expected)
+    results = cs.sample_results(logits, teachers, "posterior", "soft", "all")
+    assert results.assignment.tolist() == [0, 1]  # argmax r: the likelihood rule's teacher
+    assert results.labels.tolist() == [0, 0]
+    assert torch.allclose(results.soft, expected)
+    likelihood = cs.sample_results(logits, teachers, "likelihood", "hard", "all")
+    assert likelihood.assignment.tolist() == [0, 1] and likelihood.labels.tolist() == [0, 1]
+
+
+def test_posterior_gives_uniform_weights_where_no_teacher_gives_the_class_any_mass():
+    teachers = torch.tensor([[[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]])
+    weights = cs.posterior_weights(torch.tensor([[0.0, 0.0, 1.0]]), teachers)
+    assert weights.tolist() == [[0.5, 0.5]]
+
+
+def test_posterior_equals_likelihood_in_hard_labels_when_one_teacher_dominates():
+    g = torch.Generator().manual_seed(0)
+    n, k, c = 200, 4, 6
+    logits = torch.randn(n, c, generator=g)
+    teachers = torch.rand(n, k, c, generator=g).softmax(dim=-1)
+    predicted = logits.argmax(dim=1)
+    dominant = torch.randint(k, (n,), generator=g)
+    others = torch.ones(n, k, dtype=torch.bool)
+    others[torch.arange(n), dominant] = False
+    # Every other teacher gives the student's class a millionth of its usual mass.
+    scale = torch.where(others, 1e-6, 1.0)
+    teachers[torch.arange(n), :, predicted] *= scale
+    posterior = cs.sample_results(logits, teachers, "posterior", "hard", "top2")
+    likelihood = cs.sample_results(logits, teachers, "likelihood", "hard", "top2")
+    assert torch.equal(posterior.assignment, dominant)
+    assert torch.equal(posterior.assignment, likelihood.assignment)
+    assert torch.equal(posterior.labels, likelihood.labels)
+    assert torch.equal(cs.select_kept(posterior), cs.select_kept(likelihood))
+
+
 def test_oracle_uses_the_true_class():
     logits = torch.zeros(2, 4)
     z = cs.assign_teachers(

@@ -49,6 +49,9 @@ def whole_pool(features: FeatureSet, student, truth, rule, labels, criterion):
     owner = hierarchy.class_to_teacher(1)
     if rule == "ensemble":
         assignment, target = None, probs.mean(dim=1)
+    elif rule == "posterior":
+        weights = cs.posterior_weights(student, probs)
+        assignment, target = weights.argmax(dim=1), cs.mixture_targets(weights, probs)
     else:
         targets = truth if rule == "oracle" else None
         assignment = cs.assign_teachers(
