@@ -296,6 +296,7 @@ def _make_strategy(
         denoise=s.denoise,
         scale_epochs=s.scale_epochs,
         chunk_size=s.get("chunk_size"),
+        reassign_every=s.get("reassign_every"),
         reinit_student=s.reinit_student,
         evaluator=_evaluator(
             cfg,

@@ -247,7 +247,7 @@ class LevelStatisticsMetric(PluginMetric[dict]):
         values = []
         for field in fields(LevelStatistics):
             value = getattr(self._last, field.name)
-            if field.name != "level" and value is not None:
+            if field.name != "level" and isinstance(value, int | float):
                 name = f"CSL/{field.name}/train_stream"
                 step = strategy.clock.train_exp_counter  # the experiences trained before it
                 values.append(MetricValue(self, name, float(value), step))

@@ -134,6 +134,7 @@ SETTINGS: dict[str, Rule] = {
     "strategy.lr": LEARNING_RATE,
     "strategy.batch_size": whole(1),
     "strategy.chunk_size": optional(whole(1)),
+    "strategy.reassign_every": optional(whole(1)),
     "benchmark.splits": FRACTIONS,
     "benchmark.val_splits": FRACTIONS,
     "benchmark.teacher_fraction": FRACTION,
@@ -181,9 +182,10 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def check_scenario(cfg: DictConfig) -> None:
-    """The settings that must agree with the scenario: the class-incremental student is
-    continual, and the ground-truth strategy is that scenario's diagnostic (in the levels
-    scenario the student on ground truth is the ceiling)."""
+    """The settings that must agree with the scenario and each other: the class-incremental
+    student is continual, the ground-truth strategy is that scenario's diagnostic (in the
+    levels scenario the student on ground truth is the ceiling), and re-assignment inside a
+    level needs CSL's E-step and a loader it may replace."""
     scenario = OmegaConf.select(cfg, "scenario.name", default="levels")
     strategy = OmegaConf.select(cfg, "strategy.name", default="csl")
     if scenario == "class_incremental" and OmegaConf.select(cfg, "strategy.reinit_student"):
@@ -198,6 +200,18 @@ def check_scenario(cfg: DictConfig) -> None:
             "scenario=class_incremental; in the levels scenario the student on ground truth is "
             "the ceiling, reported as ceiling_accuracy"
         )
+    if OmegaConf.select(cfg, "strategy.reassign_every") is not None:
+        if strategy != "csl":
+            raise ConfigError(
+                f"strategy.reassign_every repeats CSL's E-step, but strategy={strategy} has none "
+                "(its labels do not depend on the student); drop strategy.reassign_every"
+            )
+        if "replay" in (cfg.get("plugins") or {}):
+            raise ConfigError(
+                "strategy.reassign_every replaces a level's training data mid-level, but the "
+                "replay plugin builds its loader once per level and would drop the new data; "
+                "use plugins=[ewc] or [lwf], or drop strategy.reassign_every"
+            )
     if strategy == "ground_truth" and OmegaConf.select(cfg, "strategy.labels") != "hard":
         raise ConfigError(
             "strategy=ground_truth trains on the true classes, which are hard labels; drop "

@@ -15,8 +15,8 @@ class CSLStrategy(StudentTemplate):
 
     Train it on `benchmark.train_stream` one experience at a time (`levels(stream)`: those it
     takes; with `routes=False`, only the experiences the student does not route, the
-    generalist's). `assignment`, `denoise`, `scale_epochs` and `chunk_size` go to the plugin;
-    the rest to StudentTemplate.
+    generalist's). `assignment`, `denoise`, `scale_epochs`, `chunk_size` and `reassign_every`
+    go to the plugin; the rest to StudentTemplate.
     """
 
     routes: bool = True
@@ -29,6 +29,7 @@ class CSLStrategy(StudentTemplate):
         denoise: str = "top3",
         scale_epochs: bool = True,
         chunk_size: int | None = None,
+        reassign_every: int | None = None,
         labels: str = "hard",
         plugins: list | None = None,
         **kwargs,
@@ -40,6 +41,7 @@ class CSLStrategy(StudentTemplate):
             denoise=denoise,
             scale_epochs=scale_epochs,
             chunk_size=chunk_size,
+            reassign_every=reassign_every,
         )
         # The E-step must see the previous student before any other plugin acts on the level.
         super().__init__(labels=labels, plugins=[self.cosupervision, *(plugins or [])], **kwargs)

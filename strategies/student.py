@@ -140,6 +140,15 @@ class StudentTemplate(SupervisedTemplate):
         total_steps = max(1, self.train_epochs * len(self.dataloader))
         self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
 
+    def replace_training_data(self, dataset) -> None:
+        """Train the rest of the experience on `dataset` (CSL's re-assignment inside a level):
+        a new loader, and the cosine schedule's length set so that it still reaches zero at
+        the experience's last step (the schedule's recursive form keeps the rate continuous)."""
+        self.adapted_dataset = dataset.train()
+        self.make_train_dataloader()
+        remaining = (self.train_epochs - self.clock.train_exp_epochs) * len(self.dataloader)
+        self.lr_scheduler.T_max = max(1, self.clock.train_exp_iterations + remaining)
+
     def optimizer_step(self) -> None:
         super().optimizer_step()
         self.lr_scheduler.step()

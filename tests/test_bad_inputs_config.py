@@ -74,6 +74,9 @@ BAD_SETTINGS = [
     (["benchmark=imagefolder", "data.crop_pct=1.5"], ["data.crop_pct", "(0, 1]", "got 1.5"]),
     (["benchmark=imagenet_w2s", "benchmark.teacher_fraction=0"], ["teacher_fraction", "got 0"]),
     (["benchmark=fashion_mnist", "student.channels=[32,0]"], ["student.channels", "[32, 0]"]),
+    (["strategy.reassign_every=0"], ["strategy.reassign_every", ">= 1", "got 0"]),
+    (["strategy=w2s", "strategy.reassign_every=2"], ["reassign_every", "strategy=w2s", "drop"]),
+    (["plugins=[replay]", "strategy.reassign_every=2"], ["reassign_every", "replay", "[ewc]"]),
 ]
 
 

@@ -20,7 +20,7 @@ diagnostics (LevelStatistics) read them separately, after the labels are fixed.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -46,10 +46,23 @@ class LevelStatistics:
     assignment_accuracy: float | None  # agreement with the oracle assignment (None: ensemble)
     teacher_accuracy: float  # accuracy of the assigned labels over the experience's samples
     epochs: int
-    estep_seconds: float
+    estep_seconds: float  # every pass of the E-step in the level, together
+    # `reassign_every`: each later pass's statistics (its epoch, keep rate, label precision and
+    # recall, assignment and teacher accuracy), in order; the fields above are the first pass's.
+    reassignments: tuple[dict, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# What each reassignment records of its pass (besides its epoch).
+PASS_FIELDS = (
+    "keep_rate",
+    "label_precision",
+    "label_recall",
+    "assignment_accuracy",
+    "teacher_accuracy",
+)
 
 
 class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
@@ -60,7 +73,9 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
     student does not route (level 0) is never filtered. scale_epochs: train int(E / keep_rate)
     epochs so the steps per level stay equal. chunk_size: pool rows per E-step chunk (None: as
     many as fit `estep.CHUNK_MEMORY`), rounded down to a multiple of the strategy's evaluation
-    batch size.
+    batch size. reassign_every: E > 0 repeats the E-step and the selection with the current
+    student every E epochs inside a level (online EM; E scales with the level's epochs under
+    scale_epochs, so E = strategy.epochs never repeats it); None: once per level, the paper.
     """
 
     def __init__(
@@ -72,6 +87,7 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         denoise: str = "top3",
         scale_epochs: bool = True,
         chunk_size: int | None = None,
+        reassign_every: int | None = None,
     ):
         super().__init__()
         if assignment not in cs.TARGET_RULES:
@@ -92,6 +108,8 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         self.denoise = denoise
         self.scale_epochs = scale_epochs
         self.chunk_size = chunk_size
+        self.reassign_every = reassign_every
+        self.period: int | None = None  # the level's reassignment period, in its epochs
         self.stats: list[LevelStatistics] = []
 
     def state_dict(self) -> dict:
@@ -114,15 +132,47 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         if self.scale_epochs:
             epochs = cs.scaled_epochs(epochs, keep_rate)
         strategy.train_epochs = epochs
-        experience.dataset = labelled_dataset(
+        if self.reassign_every is not None and experience.routed:
+            every = self.reassign_every
+            self.period = cs.scaled_epochs(every, keep_rate) if self.scale_epochs else every
+        else:
+            self.period = None
+        experience.dataset = self._kept(samples, results, keep)
+        stats = self._statistics(experience, results, keep, epochs, start)
+        self.stats.append(stats)
+        experience.level_statistics = stats
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        """`reassign_every`: the E-step and the selection again, with the student as it is
+        now, every `period` epochs; the rest of the level trains on the new kept samples."""
+        epoch = strategy.clock.train_exp_epochs
+        if self.period is None or epoch == 0 or epoch % self.period:
+            return
+        experience = strategy.experience
+        start = time.perf_counter()
+        results = self._results(strategy, experience)
+        keep = cs.select_kept(results)
+        self._check_enough(keep, strategy.train_mb_size, f"{experience.label}, epoch {epoch}")
+        experience.dataset = self._kept(experience.samples, results, keep)
+        strategy.replace_training_data(experience.dataset)
+        again = self._statistics(experience, results, keep, strategy.train_epochs, start)
+        first = self.stats[-1]
+        record = {"epoch": epoch, **{k: v for k, v in again.as_dict().items() if k in PASS_FIELDS}}
+        self.stats[-1] = replace(
+            first,
+            reassignments=(*first.reassignments, record),
+            estep_seconds=first.estep_seconds + again.estep_seconds,
+        )
+        experience.level_statistics = self.stats[-1]
+
+    def _kept(self, samples, results: cs.SampleResults, keep: torch.Tensor):
+        """The kept samples with their labels (rows of the pool's tensors, not a copy)."""
+        return labelled_dataset(
             pool_inputs(self.features, samples),
             results.labels,
             results.soft,
             rows=keep.nonzero().flatten(),
         )
-        stats = self._statistics(experience, results, keep, epochs, start)
-        self.stats.append(stats)
-        experience.level_statistics = stats
 
     def _results(self, strategy, experience) -> cs.SampleResults:
         """The E-step's per-sample results over the experience's samples; under torchrun each

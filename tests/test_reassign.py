@@ -1,0 +1,105 @@
+"""`strategy.reassign_every`: the E-step and the selection repeated inside a level with the
+current student (online EM), the paper's single pass when the period is the level's epochs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from conftest import cli
+from test_strategy import make_csl
+
+from csl_avalanche.benchmark import make_csl_benchmark
+
+
+class RecordEpochs(SupervisedPlugin):
+    """After the co-supervision plugin: what each epoch trains on, and the schedule's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.samples: list[tuple[int, int, int]] = []  # (level, epoch, samples in the loader)
+        self.ends: list[tuple[int, int, float]] = []  # (schedule length, steps taken, last lr)
+
+    def before_training_epoch(self, strategy, **kwargs):
+        level = strategy.experience.level
+        self.samples.append(
+            (level, strategy.clock.train_exp_epochs, len(strategy.dataloader.columns))
+        )
+
+    def after_training_exp(self, strategy, **kwargs):
+        lr = strategy.optimizer.param_groups[0]["lr"]
+        self.ends.append((strategy.lr_scheduler.T_max, strategy.clock.train_exp_iterations, lr))
+
+
+def test_each_pass_relabels_with_the_current_student_and_trains_on_its_kept_samples(
+    tiny_features,
+):
+    recorder = RecordEpochs()
+    strategy = make_csl(
+        tiny_features,
+        plugins=[recorder],
+        epochs=4,
+        denoise="top1",
+        scale_epochs=False,
+        reassign_every=1,
+    )
+    calls, students = [], []
+    results = strategy.cosupervision._results
+
+    def spy(strategy, experience):
+        calls.append(experience.level)
+        students.append(strategy.model.weight.detach().clone())
+        return results(strategy, experience)
+
+    strategy.cosupervision._results = spy
+    for experience in make_csl_benchmark(tiny_features).train_stream:
+        strategy.train(experience, eval_streams=[])
+
+    level0, level1 = strategy.level_statistics
+    assert level0.reassignments == ()  # the generalist's level routes nothing
+    assert calls == [0, 1, 1, 1, 1]  # level 1: its first pass, then epochs 1, 2 and 3
+    assert [r["epoch"] for r in level1.reassignments] == [1, 2, 3]
+    n = len(tiny_features.train_y)
+    rates = [level1.keep_rate] + [r["keep_rate"] for r in level1.reassignments]
+    # Each epoch trains on the samples its own pass kept.
+    assert [s for level, _, s in recorder.samples if level == 1] == [round(r * n) for r in rates]
+    # Every pass saw the student as trained up to it.
+    assert all(not torch.equal(a, b) for a, b in itertools.pairwise(students[1:]))
+    for record in level1.reassignments:
+        assert 0 < record["label_precision"] <= 1 and 0 <= record["assignment_accuracy"] <= 1
+    # The cosine schedule still ends at the level's last step, at a learning rate of zero.
+    length, steps, lr = recorder.ends[1]
+    assert length == steps and lr == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.parametrize("scale", ["true", "false"])
+def test_a_period_of_the_levels_epochs_reproduces_the_paper_exactly(tmp_path, scale):
+    runs = {}
+    for name, extra in (("paper", []), ("period", ["strategy.reassign_every=6"])):
+        outcome = cli(
+            tmp_path / f"{name}-{scale}",
+            "strategy.epochs=6",
+            f"strategy.scale_epochs={scale}",
+            *extra,
+            cache_dir=tmp_path / "cache",
+        )
+        assert outcome.code == 0, outcome.err
+        runs[name] = json.loads((tmp_path / f"{name}-{scale}" / "results.json").read_text())
+    for paper, period in zip(runs["paper"]["levels"], runs["period"]["levels"], strict=True):
+        assert period.pop("reassignments") == paper.pop("reassignments") == []
+        assert period == paper
+    assert runs["paper"]["accuracy_matrix"] == runs["period"]["accuracy_matrix"]
+
+
+def test_reassignment_changes_a_digits_run_and_records_its_passes(tmp_path):
+    outcome = cli(tmp_path / "run", "strategy.epochs=6", "strategy.reassign_every=2")
+    assert outcome.code == 0, outcome.err
+    levels = json.loads((tmp_path / "run" / "results.json").read_text())["levels"]
+    assert levels[0]["reassignments"] == []
+    for level in levels[1:]:
+        # 6 epochs scaled by the keep rate, a period of 2 scaled alike: passes at 2 and 4.
+        assert [r["epoch"] for r in level["reassignments"]] == [2, 4]
+        assert 0 < level["student_accuracy"] <= 1
