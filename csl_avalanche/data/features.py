@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class FeatureSet:
     subdomains: list[list[int]]  # classes (or domains) of each teacher
     train_domains: torch.Tensor | None = None  # [N] domain of each pool sample, or None
     test_domains: torch.Tensor | None = None  # [M]
+    class_names: Sequence[str] | None = None  # one per class, where the benchmark has names
 
     @property
     def num_classes(self) -> int:
@@ -135,6 +137,10 @@ class FeatureSet:
                     f"{name} holds labels in [{int(labels.min())}, {int(labels.max())}], "
                     f"outside 0..{c - 1} (C={c} from the teacher probabilities)"
                 )
+        if self.class_names is not None and (
+            len(self.class_names) != c or not all(isinstance(n, str) for n in self.class_names)
+        ):
+            raise FeaturesFileError(f"class_names must be {c} strings, one per class (C={c})")
         if values:
             self._validate_values()
         self._validate_domains(n, m)
@@ -183,7 +189,7 @@ class FeatureSet:
                 )
 
 
-OPTIONAL_FIELDS = ("train_domains", "test_domains")
+OPTIONAL_FIELDS = ("train_domains", "test_domains", "class_names")
 INTEGER_FIELDS = ("train_y", "test_y", "train_domains", "test_domains")
 PROBABILITY_FIELDS = ("teacher_train_probs", "teacher_test_probs")
 IMAGE_AXES = ("image", "channel", "row", "column")
@@ -208,7 +214,8 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         raise FeaturesFileError(
             f"{path}: `levels` and `subdomains` must be lists of lists of integers"
         ) from None
-    tensors = {name: raw.get(name) for name in names if name not in ("levels", "subdomains")}
+    lists = ("levels", "subdomains", "class_names")
+    tensors = {name: raw.get(name) for name in names if name not in lists}
     for name, value in tensors.items():
         if not isinstance(value, torch.Tensor) and not (name in OPTIONAL_FIELDS and value is None):
             raise FeaturesFileError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
@@ -219,7 +226,9 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         for name, value in tensors.items()
     }
     try:
-        features = FeatureSet(**tensors, levels=levels, subdomains=subdomains)
+        features = FeatureSet(
+            **tensors, levels=levels, subdomains=subdomains, class_names=raw.get("class_names")
+        )
         features.validate(images=False)
     except FeaturesFileError as err:
         raise FeaturesFileError(f"{path}: {err}") from None
