@@ -1,0 +1,186 @@
+"""`benchmark.hierarchy=auto`: the clustering on hand-made confusions, the probe that never
+reads the pool's or the test split's labels, and a digits run that writes its hierarchy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import assert_clean_error, cli
+from hydra import compose, initialize_config_module
+
+from csl_avalanche.auto_hierarchy import (
+    class_affinity,
+    confusion_matrix,
+    hierarchy_from_confusion,
+    merged_confusion,
+    nested_groups,
+)
+from csl_avalanche.cache import TensorCache
+from csl_avalanche.data import digits
+from csl_avalanche.data.pipeline import SplitData
+from csl_avalanche.errors import ConfigError
+from csl_avalanche.hierarchy import Hierarchy
+
+TINY = ["teacher.steps=30", "student.pretrain.steps=30", "strategy.epochs=1"]
+AUTO = ["benchmark.hierarchy=auto", "benchmark.auto_levels=[2,5]"]
+
+
+def blocks() -> torch.Tensor:
+    """Six classes: {0, 1, 2} confused among themselves (0-1 most), {3, 4} with each other,
+    5 with nothing."""
+    return torch.tensor(
+        [
+            [10, 6, 2, 0, 0, 0],
+            [6, 10, 2, 0, 0, 0],
+            [2, 2, 14, 0, 0, 0],
+            [0, 0, 0, 12, 4, 0],
+            [0, 0, 0, 4, 12, 0],
+            [0, 0, 0, 0, 0, 16],
+        ]
+    )
+
+
+def test_confusion_matrix_counts_true_class_by_prediction():
+    counts = confusion_matrix(torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 0, 1, 2, 2]), 3)
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+
+
+def test_affinity_is_row_normalised_symmetric_and_zero_on_the_diagonal():
+    # Class 2 has no held-out samples: a zero row, no NaN.
+    affinity = class_affinity(torch.tensor([[3, 1, 0], [2, 2, 0], [0, 0, 0]]))
+    expected = torch.tensor([[0, (0.25 + 0.5) / 2, 0], [(0.25 + 0.5) / 2, 0, 0], [0, 0, 0]])
+    assert torch.equal(affinity, expected.double())
+
+
+def test_block_structure_gives_the_nested_groups_computed_by_hand():
+    # Mean affinities: 0-1 0.375, 3-4 0.25, {0,1}-2 0.125, then the never-confused class 5.
+    affinity = class_affinity(blocks())
+    assert nested_groups(affinity, [2, 3, 4, 5, 6]) == [
+        [[0, 1, 2, 3, 4], [5]],
+        [[0, 1, 2], [3, 4], [5]],
+        [[0, 1], [2], [3, 4], [5]],
+        [[0, 1], [2], [3], [4], [5]],
+        [[0], [1], [2], [3], [4], [5]],
+    ]
+    assert nested_groups(affinity, [3]) == [[[0, 1, 2], [3, 4], [5]]]  # any subset of sizes
+
+
+def test_never_confused_classes_are_merged_in_index_order():
+    # Class 0 is never confused; 2 and 3 are. Zero affinities tie: the smallest index goes first.
+    confusion = torch.tensor([[5, 0, 0, 0], [0, 5, 0, 0], [0, 0, 4, 1], [0, 0, 1, 4]])
+    assert nested_groups(class_affinity(confusion), [2, 3]) == [
+        [[0, 1], [2, 3]],
+        [[0], [1], [2, 3]],
+    ]
+    nothing = torch.zeros(4, 4, dtype=torch.long)
+    assert nested_groups(class_affinity(nothing), [2, 3]) == [[[0, 1, 2], [3]], [[0, 1], [2], [3]]]
+
+
+def test_exact_ties_break_towards_the_smallest_class_index():
+    # 0-1 and 2-3 tie at 0.5: 0-1 merges first; then {0,1}-{2,3} (0.25 on average) beats 4.
+    confusion = torch.tensor(
+        [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 2]]
+    )
+    confusion[0, 2] = confusion[2, 0] = 1  # a weaker bridge between the two pairs
+    assert nested_groups(class_affinity(confusion), [2, 3, 4]) == [
+        [[0, 1, 2, 3], [4]],
+        [[0, 1], [2, 3], [4]],
+        [[0, 1], [2], [3], [4]],
+    ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_any_sizes_give_a_valid_hierarchy(seed):
+    g = torch.Generator().manual_seed(seed)
+    confusion = torch.randint(0, 5, (9, 9), generator=g)
+    confusion[:, 4] = confusion[4] = 0  # a class never seen confused, nor predicted
+    sizes = sorted(torch.randperm(8, generator=g)[:3].add(2).tolist())
+    hierarchy = hierarchy_from_confusion(confusion, sizes)
+    assert isinstance(hierarchy, Hierarchy)  # validated: partitions, each refining the last
+    assert hierarchy.teachers_per_level() == [1, *sizes]
+    assert Hierarchy(hierarchy.as_lists(), 9) == hierarchy
+
+
+@pytest.mark.parametrize("sizes", [[5, 2], [2, 2], [1, 3], [2, 7], [], [2.5]])
+def test_invalid_sizes_are_refused_naming_the_setting(sizes):
+    with pytest.raises(ConfigError, match=r"benchmark\.auto_levels=.*strictly increasing.*2\.\.6"):
+        nested_groups(class_affinity(blocks()), sizes)
+
+
+def test_merged_confusion_sums_over_groups_of_classes():
+    merged = merged_confusion(blocks(), [[0, 3], [1, 2, 4], [5]])
+    assert merged.tolist() == [[22, 12, 0], [12, 40, 0], [0, 0, 16]]
+    assert merged.sum() == blocks().sum()
+
+
+# --- the probe: teacher data only -----------------------------------------------------------
+
+
+def _digits_cfg(*overrides: str):
+    with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
+        return compose("config", [*AUTO, *TINY, *overrides])
+
+
+def _auto_hierarchy_with(tmp_path, monkeypatch, relabel) -> list:
+    """The hierarchy digits' source picks when `relabel(split)` changes the split's labels,
+    computed afresh (its own cache folder)."""
+    split_tensors = digits.split_tensors
+    monkeypatch.setattr(digits, "split_tensors", lambda *args: relabel(split_tensors(*args)))
+    cache = TensorCache(tmp_path / relabel.__name__)
+    return digits.digits_features(_digits_cfg(), cache, seed=0).hierarchy.as_lists()
+
+
+def _permuted(labelled: tuple[torch.Tensor, torch.Tensor], seed: int):
+    x, y = labelled
+    return x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))]
+
+
+def test_the_auto_hierarchy_never_reads_pool_or_test_labels(tmp_path, monkeypatch, single_threaded):
+    def same(split):
+        return split
+
+    def shuffled_pool_and_test(split):
+        return SplitData(
+            split.pretrain, split.teachers, _permuted(split.pool, 1), _permuted(split.test, 2)
+        )
+
+    def shuffled_teachers(split):  # the control: the teacher split's labels do matter
+        return SplitData(split.pretrain, _permuted(split.teachers, 3), split.pool, split.test)
+
+    chosen = _auto_hierarchy_with(tmp_path, monkeypatch, same)
+    assert len(chosen) == 3 and len(chosen[1]) == 2 and len(chosen[2]) == 5
+    assert _auto_hierarchy_with(tmp_path, monkeypatch, shuffled_pool_and_test) == chosen
+    assert _auto_hierarchy_with(tmp_path, monkeypatch, shuffled_teachers) != chosen
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_a_digits_run_writes_its_auto_hierarchy_and_resumes_with_it(tmp_path, single_threaded):
+    run_dir = tmp_path / "run"
+    first = cli(run_dir, *AUTO, *TINY)
+    assert first.code == 0, first.err
+    results = json.loads((run_dir / "results.json").read_text())
+    levels = results["hierarchy"]
+    assert [len(level) for level in levels] == [1, 2, 5]
+    Hierarchy(levels, 10)  # a valid hierarchy
+    assert "hierarchy_names" not in results  # digits' classes have no names
+    assert len(results["levels"]) == 3
+    again = cli(run_dir, *AUTO, *TINY)  # the same command: the finished run, not rerun
+    assert again.code == 0, again.err
+    assert json.loads((run_dir / "results.json").read_text())["hierarchy"] == levels
+
+
+def test_the_hand_picked_hierarchy_is_written_too(tmp_path, single_threaded):
+    outcome = cli(tmp_path / "run", *TINY, "strategy=w2s")
+    assert outcome.code == 0, outcome.err
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["hierarchy"][2] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+def test_more_subdomains_than_classes_are_refused_before_training(tmp_path):
+    outcome = cli(tmp_path / "run", "benchmark.hierarchy=auto", "benchmark.auto_levels=[2,12]")
+    assert_clean_error(outcome, "benchmark.auto_levels=[2, 12]", "2..10", "[2,5]")
+    assert not list((tmp_path / "cache").glob("*.pt"))  # nothing trained
