@@ -3,11 +3,12 @@ reads the pool's or the test split's labels, and a digits run that writes its hi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
-from conftest import assert_clean_error, cli
+from conftest import assert_clean_error, cli, make_feature_set
 from hydra import compose, initialize_config_module
 
 from csl_avalanche.auto_hierarchy import (
@@ -19,6 +20,7 @@ from csl_avalanche.auto_hierarchy import (
 )
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data import digits
+from csl_avalanche.data.features import FeaturesFileError, load_features, save_features
 from csl_avalanche.data.pipeline import SplitData
 from csl_avalanche.errors import ConfigError
 from csl_avalanche.hierarchy import Hierarchy
@@ -184,3 +186,18 @@ def test_more_subdomains_than_classes_are_refused_before_training(tmp_path):
     outcome = cli(tmp_path / "run", "benchmark.hierarchy=auto", "benchmark.auto_levels=[2,12]")
     assert_clean_error(outcome, "benchmark.auto_levels=[2, 12]", "2..10", "[2,5]")
     assert not list((tmp_path / "cache").glob("*.pt"))  # nothing trained
+
+
+def test_class_names_travel_through_a_features_file_into_hierarchy_names(tmp_path):
+    from csl_avalanche.experiment import hierarchy_entry
+
+    named = dataclasses.replace(make_feature_set(), class_names=["a", "b", "c", "d"])
+    save_features(named, tmp_path / "f.pt")
+    loaded = load_features(tmp_path / "f.pt")
+    assert hierarchy_entry(loaded) == {
+        "hierarchy": [[[0, 1, 2, 3]], [[0, 1], [2, 3]]],
+        "hierarchy_names": [[["a", "b", "c", "d"]], [["a", "b"], ["c", "d"]]],
+    }
+    save_features(dataclasses.replace(named, class_names=["a"]), tmp_path / "bad.pt")
+    with pytest.raises(FeaturesFileError, match="class_names must be 4 strings"):
+        load_features(tmp_path / "bad.pt")

@@ -3,7 +3,8 @@
 Every benchmark ends here: student embeddings of the transfer pool and the test split, ground
 truth (for the ceiling and diagnostics only), the frozen teachers' class probabilities on both,
 and the hierarchy. Users with embeddings and teacher outputs computed elsewhere save the same
-fields with `torch.save` and run `benchmark=features data.path=FILE`.
+fields with `torch.save` and run `benchmark=features data.path=FILE`. `class_names` (optional)
+names the classes where the benchmark has names, for results.json's `hierarchy_names`.
 
 With a fine-tuned student (`student.finetune=true` on the image benchmarks) `train_x` and
 `test_x` hold the student's preprocessed images instead, [N, 3, H, W] (uint8, or floating point
