@@ -173,6 +173,8 @@ def test_a_digits_run_writes_its_auto_hierarchy_and_resumes_with_it(tmp_path, si
     again = cli(run_dir, *AUTO, *TINY)  # the same command: the finished run, not rerun
     assert again.code == 0, again.err
     assert json.loads((run_dir / "results.json").read_text())["hierarchy"] == levels
+    other = cli(run_dir, "benchmark.hierarchy=auto", "benchmark.auto_levels=[3,5]", *TINY)
+    assert_clean_error(other, "another configuration", "benchmark.auto_levels: [2, 5] -> [3, 5]")
 
 
 def test_the_hand_picked_hierarchy_is_written_too(tmp_path, single_threaded):
