@@ -120,7 +120,7 @@ def avalanche_hierarchy(
         ) from None
 
 
-def auto_hierarchy(
+def auto_experience_hierarchy(
     benchmark,
     teacher_data: tuple[torch.Tensor, torch.Tensor],
     make_teacher: Callable[[], nn.Module],
@@ -135,7 +135,6 @@ def auto_hierarchy(
     and the generalist group whole experiences, those whose classes the confusion probe mixes
     up (its confusion summed over each experience's classes), `levels` groups per level."""
     finest = experience_classes(benchmark.train_stream)
-    check_sizes(levels, len(finest) - 1, what="auto_levels")  # fewer groups than experiences
     spec = AutoHierarchy(tuple(levels), holdout, max(max(c) for c in finest) + 1)
     confusion = cached_confusion(
         spec,
@@ -189,8 +188,8 @@ def features_from_avalanche(
     to train each on its own classes of the `teachers` split for the same number of steps.
     `splits`: fractions of the train stream's samples per part; the default gives
     pretrain/teachers/pool 0.2/0.3/0.5, leaving out the parts that supplied models do not need.
-    `groups="auto"`: `auto_hierarchy`, with `auto_levels` groups of experiences per level and
-    the `auto_holdout` fraction of the teacher split held out for the confusion probe.
+    `groups="auto"`: `auto_experience_hierarchy`, with `auto_levels` groups of experiences per
+    level and the `auto_holdout` fraction of the teacher split held out for the confusion probe.
     """
     auto = groups == AUTO
     if auto and (make_teacher is None or not auto_levels):
@@ -201,6 +200,8 @@ def features_from_avalanche(
         )
     if auto_levels is not None and not auto:
         raise AvalancheAdapterError(f'auto_levels= is used with groups="{AUTO}" only')
+    if auto:  # fewer groups than experiences, checked before any data is read
+        check_sizes(auto_levels, len(experience_classes(benchmark.train_stream)) - 1, "auto_levels")
     hierarchy = None if auto else avalanche_hierarchy(benchmark, groups)
     if (backbone is None) == (make_backbone is None):
         raise AvalancheAdapterError("give exactly one of backbone= and make_backbone=")
@@ -245,7 +246,7 @@ def features_from_avalanche(
         test=test,
     )
     if hierarchy is None:
-        hierarchy = auto_hierarchy(
+        hierarchy = auto_experience_hierarchy(
             benchmark,
             split.teachers,
             make_teacher,
