@@ -10,9 +10,19 @@ of exactly the classes it must tell apart. The hierarchy is chosen in three step
    matrix is counted on that held-out part. This is labelled data the supervisor owns: the
    pool and the test split are never read.
 2. The confusion becomes a class affinity (row-normalised, symmetrised, zero diagonal).
-3. Average-linkage agglomerative clustering on the affinity, cut at each requested number of
-   subdomains (`benchmark.auto_levels`), gives nested partitions: every level refines the one
-   above by construction.
+3. Size-balanced average-linkage agglomerative clustering on the affinity, cut at each
+   requested number of subdomains (`benchmark.auto_levels`), gives nested partitions: one
+   sequence of merges, so every level refines the one above by construction.
+
+Why size-balanced: plain average linkage leaves a class the generalist rarely confuses (a
+digit 6, Fashion-MNIST's Trouser or Bag) alone until the very end, since its affinity to
+everything is near zero. That gives 9 | 1 splits and one-class specialists, which can only
+ever predict their own class: useless teachers. So on the way down to k subdomains a merge may
+not make a group larger than ceil(C / k) classes (C classes); once the cut at k is taken, the
+bound is ceil(C / k') for the next smaller size k'. A lonely class is thus paired with its
+best remaining partner instead of waiting. When every merge would break the bound (e.g. all
+clusters just above half of it), the best merge is taken anyway, by the same rule as any
+other.
 
 Then every teacher, the generalist included, trains as usual on the whole teacher split on the
 chosen hierarchy. The probe exists only to pick the groups, so a run with `hierarchy=auto`
@@ -26,6 +36,7 @@ trains, lives with the data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -93,13 +104,16 @@ def check_sizes(sizes: Sequence[int], num_classes: int | None, what: str = LEVEL
 def nested_groups(
     affinity: torch.Tensor, sizes: Sequence[int], *, what: str = LEVELS_KEY
 ) -> list[list[list[int]]]:
-    """Average-linkage agglomerative clustering of the C classes on `affinity`, cut at each of
-    `sizes` clusters: one partition per size, each refining the one before.
+    """Size-balanced average-linkage agglomerative clustering of the C classes on `affinity`,
+    cut at each of `sizes` clusters: one partition per size, each refining the one before.
 
-    Every step merges the two clusters of highest mean pairwise affinity; among equal scores,
-    the pair with the smallest class index, then the smallest class index of the other cluster
-    (so classes never confused, all-zero affinity, are merged in index order). Groups are
-    sorted lists, ordered by their smallest class. A size of C gives singletons.
+    Every step merges the two clusters of highest mean pairwise affinity among those whose
+    union has at most ceil(C / k) classes, k the largest size not reached yet (so no level
+    gets one-class subdomains merely because a class is rarely confused; see the module
+    docstring); if no pair fits, among all pairs. Among equal scores, the pair with the
+    smallest class index, then the smallest class index of the other cluster (so classes never
+    confused, all-zero affinity, are merged in index order). Groups are sorted lists, ordered
+    by their smallest class. A size of C gives singletons.
     """
     num_classes = affinity.shape[0]
     check_sizes(sizes, num_classes, what)
@@ -115,8 +129,12 @@ def nested_groups(
             partitions[clusters] = [sorted(members[p]) for p in active.nonzero().flatten()]
         if clusters == sizes[0]:
             break
+        bound = math.ceil(num_classes / max(k for k in sizes if k < clusters))
         mean = linkage / torch.outer(counts, counts)
         allowed = upper & active[:, None] & active[None, :]
+        balanced = allowed & (counts[:, None] + counts[None, :] <= bound)
+        if balanced.any():
+            allowed = balanced
         mean = torch.where(allowed, mean, torch.full_like(mean, -torch.inf))
         p, q = divmod(int(mean.flatten().argmax()), num_classes)  # first maximum: the tie rule
         members[p] += members[q]

@@ -57,16 +57,19 @@ def test_affinity_is_row_normalised_symmetric_and_zero_on_the_diagonal():
 
 
 def test_block_structure_gives_the_nested_groups_computed_by_hand():
-    # Mean affinities: 0-1 0.375, 3-4 0.25, {0,1}-2 0.125, then the never-confused class 5.
+    # Affinities: 0-1 1/3, 3-4 1/4, 0-2 and 1-2 1/9, everything else 0. On the way to 5, 4 and
+    # 3 subdomains no group may exceed 2 classes: 0-1, then 3-4, then 2 can only pair with 5
+    # (the never-confused class is not left alone). On the way to 2 the bound is 3, which no
+    # merge of two pairs fits: the best merge anyway, {0,1}-{2,5} at 2/9 / 4.
     affinity = class_affinity(blocks())
     assert nested_groups(affinity, [2, 3, 4, 5, 6]) == [
-        [[0, 1, 2, 3, 4], [5]],
-        [[0, 1, 2], [3, 4], [5]],
+        [[0, 1, 2, 5], [3, 4]],
+        [[0, 1], [2, 5], [3, 4]],
         [[0, 1], [2], [3, 4], [5]],
         [[0, 1], [2], [3], [4], [5]],
         [[0], [1], [2], [3], [4], [5]],
     ]
-    assert nested_groups(affinity, [3]) == [[[0, 1, 2], [3, 4], [5]]]  # any subset of sizes
+    assert nested_groups(affinity, [3]) == [[[0, 1], [2, 5], [3, 4]]]  # any subset of sizes
 
 
 def test_never_confused_classes_are_merged_in_index_order():
@@ -76,20 +79,76 @@ def test_never_confused_classes_are_merged_in_index_order():
         [[0, 1], [2, 3]],
         [[0], [1], [2, 3]],
     ]
+    # Nothing confused: 0-1 first; then the bound (2) leaves 2-3 as the only merge.
     nothing = torch.zeros(4, 4, dtype=torch.long)
-    assert nested_groups(class_affinity(nothing), [2, 3]) == [[[0, 1, 2], [3]], [[0, 1], [2], [3]]]
+    assert nested_groups(class_affinity(nothing), [2, 3]) == [[[0, 1], [2, 3]], [[0, 1], [2], [3]]]
 
 
 def test_exact_ties_break_towards_the_smallest_class_index():
-    # 0-1 and 2-3 tie at 0.5: 0-1 merges first; then {0,1}-{2,3} (0.25 on average) beats 4.
+    # 0-1 and 2-3 tie at 5/12: 0-1 merges first. On the way to 2 subdomains (bound 3) the pairs
+    # may not merge (the 0-2 bridge would have joined them without the bound); 4 ties at 0 with
+    # both pairs and joins the first one.
     confusion = torch.tensor(
         [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 2]]
     )
     confusion[0, 2] = confusion[2, 0] = 1  # a weaker bridge between the two pairs
     assert nested_groups(class_affinity(confusion), [2, 3, 4]) == [
-        [[0, 1, 2, 3], [4]],
+        [[0, 1, 4], [2, 3]],
         [[0, 1], [2, 3], [4]],
         [[0, 1], [2], [3], [4]],
+    ]
+
+
+def _confusion(num_classes: int, pairs: dict[tuple[int, int], int]) -> torch.Tensor:
+    """Ten held-out samples per class; `pairs[(i, j)]` of class i's are predicted as j."""
+    confusion = torch.diag(torch.full((num_classes,), 10))
+    for (i, j), count in pairs.items():
+        confusion[i, j] += count
+        confusion[i, i] -= count
+    return confusion
+
+
+def test_a_never_confused_class_is_paired_not_left_alone():
+    # Ten classes; 6 is never confused (plain average linkage keeps it a singleton to the end).
+    # Affinities: 0-1 .4, 2-3 .3, 4-5 .2, 7-8 .1, 1-2 .1, 5-7 .1, 8-9 .05.
+    confusion = _confusion(
+        10,
+        {(0, 1): 4, (1, 0): 4, (2, 3): 3, (3, 2): 3, (4, 5): 2, (5, 4): 2, (7, 8): 1, (8, 7): 1}
+        | {(1, 2): 2, (5, 7): 2, (8, 9): 1},
+    )
+    # To 5 (bound 2): 0-1, 2-3, 4-5, 7-8 (1-2 and 5-7 would break the bound), then 6-9, the
+    # only merge left. To 2 (bound 5): {0,1}-{2,3} and {4,5}-{7,8} tie at .1 / 4, the first
+    # goes first; then 4 + 2 and 4 + 4 both break the bound, so the best merge anyway:
+    # {6,9}-{4,5,7,8} at .05 / 8 (the other two at 0).
+    levels = nested_groups(class_affinity(confusion), [2, 5])
+    assert levels == [
+        [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]],
+        [[0, 1], [2, 3], [4, 5], [6, 9], [7, 8]],
+    ]
+    assert Hierarchy([[list(range(10))], *levels], 10)  # nested
+
+
+def test_no_group_exceeds_the_bound_of_its_cut():
+    # Eight classes: {0, 1, 2} mutually confused (0-1 .4, 0-2 and 1-2 .3), 3-4 .2, 5-6 .1, 7
+    # never. To 4 (bound ceil(8/4) = 2) the triple is refused: 0-1, 3-4, 5-6, then 2-7. To 2
+    # (bound 4): {0,1}-{2,7} (.6 / 4), then {3,4}-{5,6}, the only merge within the bound.
+    mutual = {(0, 1): 4, (1, 0): 4, (0, 2): 3, (2, 0): 3, (1, 2): 3, (2, 1): 3}
+    confusion = _confusion(8, mutual | {(3, 4): 2, (4, 3): 2, (5, 6): 1, (6, 5): 1})
+    levels = nested_groups(class_affinity(confusion), [2, 4])
+    assert levels == [[[0, 1, 2, 7], [3, 4, 5, 6]], [[0, 1], [2, 7], [3, 4], [5, 6]]]
+    assert [max(map(len, level)) for level in levels] == [4, 2]
+
+
+def test_when_the_bound_blocks_every_merge_the_best_merge_is_taken():
+    # Twelve classes in four mutually confused triples (.2 within); the triples fit the bound
+    # ceil(12/3) = 4, but no two of them do. Across: 2-3 .05, 8-9 .1, so the best merge
+    # anyway joins {6,7,8} and {9,10,11} (.1 / 9 against .05 / 9), not the first pair.
+    triples = {
+        (a + i, a + j): 2 for a in range(0, 12, 3) for i in range(3) for j in range(3) if i != j
+    }
+    confusion = _confusion(12, triples | {(2, 3): 1, (8, 9): 2})
+    assert nested_groups(class_affinity(confusion), [3]) == [
+        [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9, 10, 11]]
     ]
 
 
