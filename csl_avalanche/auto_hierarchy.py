@@ -21,8 +21,8 @@ ever predict their own class: useless teachers. So on the way down to k subdomai
 not make a group larger than ceil(C / k) classes (C classes); once the cut at k is taken, the
 bound is ceil(C / k') for the next smaller size k'. A lonely class is thus paired with its
 best remaining partner instead of waiting. When every merge would break the bound (e.g. all
-clusters just above half of it), the best merge is taken anyway, by the same rule as any
-other.
+clusters just above half of it), the best merge among those that make the smallest group is
+taken, so the levels stay as even as the lower levels allow.
 
 Then every teacher, the generalist included, trains as usual on the whole teacher split on the
 chosen hierarchy. The probe exists only to pick the groups, so a run with `hierarchy=auto`
@@ -110,7 +110,7 @@ def nested_groups(
     Every step merges the two clusters of highest mean pairwise affinity among those whose
     union has at most ceil(C / k) classes, k the largest size not reached yet (so no level
     gets one-class subdomains merely because a class is rarely confused; see the module
-    docstring); if no pair fits, among all pairs. Among equal scores, the pair with the
+    docstring); if no pair fits, among the pairs whose union is smallest. Among equal scores, the pair with the
     smallest class index, then the smallest class index of the other cluster (so classes never
     confused, all-zero affinity, are merged in index order). Groups are sorted lists, ordered
     by their smallest class. A size of C gives singletons.
@@ -132,9 +132,9 @@ def nested_groups(
         bound = math.ceil(num_classes / max(k for k in sizes if k < clusters))
         mean = linkage / torch.outer(counts, counts)
         allowed = upper & active[:, None] & active[None, :]
-        balanced = allowed & (counts[:, None] + counts[None, :] <= bound)
-        if balanced.any():
-            allowed = balanced
+        union = counts[:, None] + counts[None, :]
+        smallest = torch.where(allowed, union, torch.inf).min()
+        allowed &= union <= max(bound, smallest)  # none fits the bound: the smallest unions
         mean = torch.where(allowed, mean, torch.full_like(mean, -torch.inf))
         p, q = divmod(int(mean.flatten().argmax()), num_classes)  # first maximum: the tie rule
         members[p] += members[q]
