@@ -2,9 +2,10 @@
 
 The class sets of the benchmark's train experiences (SplitMNIST's five pairs, SplitCIFAR100's
 ten blocks of ten, ...) become the finest subdomains; coarser levels merge them (pairwise by
-default, or as the user groups them) up to the level-0 generalist. The images of all train
-experiences are split, stratified and seeded, into backbone pretraining, teacher training and the
-transfer pool; the benchmark's test stream is the test set.
+default, as the user groups them, or, with `groups="auto"`, the experiences whose classes the
+weak generalist confuses: `csl_avalanche.auto_hierarchy`) up to the level-0 generalist. The
+images of all train experiences are split, stratified and seeded, into backbone pretraining,
+teacher training and the transfer pool; the benchmark's test stream is the test set.
 
 The strong student's backbone and the weak teachers are either supplied (a frozen backbone; one
 trained teacher per subdomain) or built and trained here from factories with a fixed budget, as
@@ -15,14 +16,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from csl_avalanche.auto_hierarchy import (
+    AUTO,
+    AutoHierarchy,
+    check_sizes,
+    class_affinity,
+    merged_confusion,
+    nested_groups,
+)
 from csl_avalanche.benchmark import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.cache import TensorCache, fingerprint
 from csl_avalanche.data.checks import nested_finite_fault
+from csl_avalanche.data.confusion_probe import cached_confusion
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.pipeline import Budget, SplitData, pretrained_backbone, trained_teachers
 from csl_avalanche.data.splits import stratified_split
@@ -109,6 +120,35 @@ def avalanche_hierarchy(
         ) from None
 
 
+def auto_experience_hierarchy(
+    benchmark,
+    teacher_data: tuple[torch.Tensor, torch.Tensor],
+    make_teacher: Callable[[], nn.Module],
+    budget: Budget,
+    *,
+    levels: Sequence[int],
+    holdout: float,
+    cache: TensorCache,
+    seed: int,
+) -> Hierarchy:
+    """`groups="auto"`: the experiences are the finest subdomains, so the levels between them
+    and the generalist group whole experiences, those whose classes the confusion probe mixes
+    up (its confusion summed over each experience's classes), `levels` groups per level."""
+    finest = experience_classes(benchmark.train_stream)
+    spec = AutoHierarchy(tuple(levels), holdout, max(max(c) for c in finest) + 1)
+    confusion = cached_confusion(
+        spec,
+        *teacher_data,
+        make_teacher,
+        identity=(teacher_data, repr(make_teacher())),
+        budget=asdict(budget),
+        seed=seed,
+        cache=cache,
+    )
+    affinity = class_affinity(merged_confusion(confusion, finest))
+    return avalanche_hierarchy(benchmark, nested_groups(affinity, levels, what="auto_levels"))
+
+
 def stream_tensors(stream, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """All inputs and labels of a stream's experiences, with eval transforms (no augmentation)."""
     xs, ys = [], []
@@ -126,7 +166,9 @@ def stream_tensors(stream, batch_size: int = 1024) -> tuple[torch.Tensor, torch.
 def features_from_avalanche(
     benchmark,
     *,
-    groups: Sequence[Sequence[Sequence[int]]] | None = None,
+    groups: Sequence[Sequence[Sequence[int]]] | str | None = None,
+    auto_levels: Sequence[int] | None = None,
+    auto_holdout: float = 0.2,
     backbone: nn.Module | None = None,
     make_backbone: Callable[[], nn.Module] | None = None,
     backbone_budget: Budget | None = None,
@@ -146,8 +188,21 @@ def features_from_avalanche(
     to train each on its own classes of the `teachers` split for the same number of steps.
     `splits`: fractions of the train stream's samples per part; the default gives
     pretrain/teachers/pool 0.2/0.3/0.5, leaving out the parts that supplied models do not need.
+    `groups="auto"`: `auto_experience_hierarchy`, with `auto_levels` groups of experiences per
+    level and the `auto_holdout` fraction of the teacher split held out for the confusion probe.
     """
-    hierarchy = avalanche_hierarchy(benchmark, groups)
+    auto = groups == AUTO
+    if auto and (make_teacher is None or not auto_levels):
+        raise AvalancheAdapterError(
+            f'groups="{AUTO}" trains a confusion probe like the teachers and needs '
+            "make_teacher=, teacher_budget= and auto_levels=[...] (groups of experiences per "
+            "level between the generalist and the experiences)"
+        )
+    if auto_levels is not None and not auto:
+        raise AvalancheAdapterError(f'auto_levels= is used with groups="{AUTO}" only')
+    if auto:  # fewer groups than experiences, checked before any data is read
+        check_sizes(auto_levels, len(experience_classes(benchmark.train_stream)) - 1, "auto_levels")
+    hierarchy = None if auto else avalanche_hierarchy(benchmark, groups)
     if (backbone is None) == (make_backbone is None):
         raise AvalancheAdapterError("give exactly one of backbone= and make_backbone=")
     if (teachers is None) == (make_teacher is None):
@@ -156,7 +211,7 @@ def features_from_avalanche(
         raise AvalancheAdapterError("make_backbone= needs backbone_budget=Budget(...)")
     if make_teacher is not None and teacher_budget is None:
         raise AvalancheAdapterError("make_teacher= needs teacher_budget=Budget(...)")
-    if teachers is not None and len(teachers) != hierarchy.num_teachers:
+    if teachers is not None and hierarchy is not None and len(teachers) != hierarchy.num_teachers:
         raise AvalancheAdapterError(
             f"teachers= holds {len(teachers)} models, the hierarchy "
             f"{hierarchy.teachers_per_level()} needs {hierarchy.num_teachers} (one per "
@@ -190,6 +245,17 @@ def features_from_avalanche(
         pool=data["pool"],
         test=test,
     )
+    if hierarchy is None:
+        hierarchy = auto_experience_hierarchy(
+            benchmark,
+            split.teachers,
+            make_teacher,
+            teacher_budget,
+            levels=list(auto_levels),
+            holdout=auto_holdout,
+            cache=cache,
+            seed=seed,
+        )
 
     if backbone is None:
         backbone = pretrained_backbone(

@@ -156,6 +156,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "ceiling_accuracy": ceiling,
         "levels": progress.levels,
         "subdomains": benchmark.subdomain_names(),
+        **hierarchy_entry(features),
         "accuracy_matrix": forgetting.accuracy_matrix,  # [level][subdomain]
         "timings": {
             "train_seconds": progress.state["train_seconds"],
@@ -179,6 +180,18 @@ def _class_incremental(cfg: DictConfig, features: FeatureSet):
     from csl_avalanche.incremental_experiment import ClassIncrementalRun  # it imports this module
 
     return ClassIncrementalRun(cfg, features)
+
+
+def hierarchy_entry(features: FeatureSet) -> dict:
+    """results.json's `hierarchy`, the levels as lists of class (or domain) indices, which
+    `benchmark.hierarchy=auto` chose or the config gave; and `hierarchy_names`, the same with
+    class names, where the benchmark names its classes."""
+    levels = features.hierarchy.as_lists()
+    entry: dict = {"hierarchy": levels}
+    if features.class_names is not None and not features.by_domain:
+        names = features.class_names
+        entry["hierarchy_names"] = [[[names[c] for c in group] for group in lvl] for lvl in levels]
+    return entry
 
 
 def missing_classes(features: FeatureSet) -> list[int]:

@@ -37,6 +37,7 @@ from csl_avalanche.experiment import (
     _plugins,
     _student,
     _subdomain_accuracy,
+    hierarchy_entry,
     seed_everything,
 )
 from csl_avalanche.metrics import ArrivalAccuracyMetric, PGRMetric, SubdomainForgettingMetric
@@ -55,6 +56,7 @@ class ClassIncrementalRun:
 
     def __init__(self, cfg: DictConfig, features: FeatureSet):
         self.cfg = cfg
+        self.hierarchy = hierarchy_entry(features)
         self.strategy_name = cfg.strategy.name
         order = cfg.scenario.order
         if isinstance(order, ListConfig):
@@ -174,6 +176,7 @@ class ClassIncrementalRun:
             "order": self.arrivals.order(),
             "arrivals": arrivals,
             "subdomains": self.arrivals.subdomain_names,
+            **self.hierarchy,
             "accuracy_matrix": metric.accuracy_matrix,  # [arrival][subdomain]
             "timings": {
                 "train_seconds": progress.state["train_seconds"],

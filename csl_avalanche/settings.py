@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from csl_avalanche import cosupervision as cs
+from csl_avalanche.auto_hierarchy import AUTO, LEVELS_KEY, check_sizes
 from csl_avalanche.errors import ConfigError, refuse
 
 STRATEGY_NAMES = ("csl", "w2s", "ground_truth")  # experiment.STRATEGIES, and ground truth
@@ -139,6 +140,12 @@ SETTINGS: dict[str, Rule] = {
     "benchmark.val_splits": FRACTIONS,
     "benchmark.teacher_fraction": FRACTION,
     "benchmark.teachers_per_level": list_of(whole(1)),
+    "benchmark.hierarchy": Rule(
+        f"null, {AUTO}, or a list of levels, each a list of groups of classes",
+        lambda v: v is None or v == AUTO or isinstance(v, list),
+    ),
+    LEVELS_KEY: optional(list_of(whole(2))),
+    "benchmark.auto_holdout": number("in (0, 1)", lambda v: 0 < v < 1),
     "data.download": BOOLEAN,
     "data.image_size": optional(whole(1)),
     "data.crop_pct": optional(FRACTION),
@@ -179,6 +186,7 @@ def check_settings(cfg: DictConfig) -> None:
             _check(key, _plain(value), rule)
     check_plugin_settings(_plain(cfg.get("plugins")))
     check_scenario(cfg)
+    check_auto_hierarchy(cfg)
 
 
 def check_scenario(cfg: DictConfig) -> None:
@@ -217,6 +225,41 @@ def check_scenario(cfg: DictConfig) -> None:
             "strategy=ground_truth trains on the true classes, which are hard labels; drop "
             "strategy.labels=soft"
         )
+
+
+def check_auto_hierarchy(cfg: DictConfig) -> None:
+    """`benchmark.hierarchy=auto` with what it needs: `auto_levels` (set only with auto), and
+    a benchmark whose teachers this project trains on class subdomains."""
+    name = OmegaConf.select(cfg, "benchmark.name")
+    levels = OmegaConf.select(cfg, LEVELS_KEY)
+    if OmegaConf.select(cfg, "benchmark.hierarchy") != AUTO:
+        if levels is not None:
+            raise ConfigError(
+                f"{LEVELS_KEY}={list(levels)} sets the levels of an automatic hierarchy, but "
+                f"benchmark.hierarchy is not {AUTO}; add benchmark.hierarchy={AUTO} or drop "
+                f"{LEVELS_KEY}"
+            )
+        return
+    why = {
+        "features": "the features file gives the teachers, and with them the hierarchy",
+        "domainnet": "its subdomains are input domains (benchmark.domain_groups), not classes",
+    }
+    if name in why:
+        raise ConfigError(
+            f"benchmark.hierarchy={AUTO} groups the classes a trained generalist confuses, "
+            f"which benchmark={name} cannot do: {why[name]}; drop benchmark.hierarchy={AUTO}"
+        )
+    if OmegaConf.select(cfg, "teacher.heads"):
+        raise ConfigError(
+            f"benchmark.hierarchy={AUTO} chooses the subdomains before the teachers train, but "
+            "teacher.heads gives teachers trained elsewhere for a fixed hierarchy; drop one"
+        )
+    if levels is None:
+        raise ConfigError(
+            f"benchmark.hierarchy={AUTO} needs {LEVELS_KEY}, the number of subdomains of each "
+            f"level after the generalist, e.g. {LEVELS_KEY}=[2,5]"
+        )
+    check_sizes(list(levels), num_classes=None)
 
 
 def check_plugin_settings(plugins: Mapping[str, Mapping[str, Any]] | None) -> None:

@@ -22,6 +22,7 @@ from csl_avalanche.avalanche_adapter import (
 )
 from csl_avalanche.cache import InvalidValueError, TensorCache
 from csl_avalanche.data.pipeline import Budget
+from csl_avalanche.errors import ConfigError
 from csl_avalanche.models import linear_probe
 from csl_avalanche.strategies import CSLStrategy
 
@@ -196,3 +197,31 @@ def test_supplied_backbone_with_trained_teachers(tmp_path):
             splits={"pretrain": 0.2, "pool": 0.5},
             cache=tmp_path,
         )
+
+
+def test_auto_groups_join_the_experiences_whose_classes_the_probe_confuses(tmp_path):
+    (x, y), (xt, yt) = clusters(360, 0), clusters(120, 1)
+    x[y == 1] = x[y == 0]  # class 1 (experience 1) looks exactly like class 0 (experience 0)
+    bench = nc_benchmark(
+        TensorDataset(x, y), TensorDataset(xt, yt), 3, task_labels=False,
+        fixed_class_order=CLASS_ORDER,
+    )  # fmt: skip
+    kwargs = dict(
+        make_backbone=mlp,
+        backbone_budget=Budget(20, 32, 0.01),
+        make_teacher=linear_teacher,
+        teacher_budget=Budget(60, 16, 0.05),
+        cache=TensorCache(tmp_path),
+        seed=0,
+    )
+    features = features_from_avalanche(bench, groups="auto", auto_levels=[2], **kwargs)
+    assert features.hierarchy.as_lists() == [
+        [[0, 1, 2, 3, 4, 5]],
+        [[0, 1, 3, 5], [2, 4]],
+        [[0, 3], [1, 5], [2, 4]],
+    ]
+    with pytest.raises(ConfigError, match=r"auto_levels=\[3\].*2\.\.2"):
+        features_from_avalanche(bench, groups="auto", auto_levels=[3], **kwargs)
+    supplied = {**kwargs, "make_teacher": None, "teachers": [linear_teacher()] * 6}
+    with pytest.raises(AvalancheAdapterError, match="make_teacher="):
+        features_from_avalanche(bench, groups="auto", auto_levels=[2], **supplied)

@@ -28,6 +28,7 @@ from csl_avalanche.errors import ConfigError
 from csl_avalanche.report import main as report_main
 from csl_avalanche.settings import PLUGIN_SETTINGS, STRATEGY_NAMES, check_settings
 
+AUTO_2 = ["benchmark.hierarchy=auto", "benchmark.auto_levels=[2]"]
 # (overrides, phrases the one error line must contain)
 BAD_SETTINGS = [
     (["strategy.epochs=abc"], ["strategy.epochs must be a whole number >= 1", "got 'abc'"]),
@@ -77,6 +78,15 @@ BAD_SETTINGS = [
     (["strategy.reassign_every=0"], ["strategy.reassign_every", ">= 1", "got 0"]),
     (["strategy=w2s", "strategy.reassign_every=2"], ["reassign_every", "strategy=w2s", "drop"]),
     (["plugins=[replay]", "strategy.reassign_every=2"], ["reassign_every", "replay", "[ewc]"]),
+    (["benchmark.hierarchy=clusters"], ["benchmark.hierarchy must be null, auto, or a list"]),
+    (["benchmark.hierarchy=auto"], ["needs benchmark.auto_levels", "auto_levels=[2,5]"]),
+    (["benchmark.auto_levels=[2,5]"], ["benchmark.auto_levels", "not auto", "drop"]),
+    (AUTO_2 + ["benchmark.auto_levels=[5,2]"], ["auto_levels=[5, 2]", "strictly increasing"]),
+    (AUTO_2 + ["benchmark.auto_levels=[1]"], ["benchmark.auto_levels", ">= 2", "got [1]"]),
+    (AUTO_2 + ["benchmark.auto_holdout=1"], ["benchmark.auto_holdout", "in (0, 1)", "got 1"]),
+    (["benchmark=features", *AUTO_2], ["hierarchy=auto", "benchmark=features", "features file"]),
+    (["benchmark=domainnet", *AUTO_2], ["hierarchy=auto", "benchmark=domainnet", "domains"]),
+    (["benchmark=imagefolder", *AUTO_2, "teacher.heads=h.pt"], ["hierarchy=auto", "teacher.heads"]),
 ]
 
 

@@ -149,6 +149,18 @@ def test_second_run_reuses_every_cached_tensor(tmp_path, imagefolder_root):
     assert third.misses > 0
 
 
+def test_imagefolder_auto_hierarchy_is_chosen_once_and_named(tmp_path, imagefolder_root):
+    auto = ["benchmark.hierarchy=auto", "benchmark.auto_levels=[2]"]
+    cfg = compose_cfg("benchmark=imagefolder", f"data.root={imagefolder_root}", *auto)
+    features = build_features(cfg, TensorCache(tmp_path / "cache"), seed=0)
+    assert features.hierarchy.teachers_per_level() == [1, 2]
+    assert features.class_names == ["apple", "bird", "car", "dog"]
+    again = TensorCache(tmp_path / "cache")
+    assert build_features(cfg, again, seed=0).hierarchy == features.hierarchy
+    assert again.misses == 0  # the probe's confusion came from the cache too
+    assert list((tmp_path / "cache").glob("auto-confusion-*.pt"))
+
+
 def test_teacher_heads_from_a_file(tmp_path, imagefolder_root):
     cfg = compose_cfg("benchmark=imagefolder", f"data.root={imagefolder_root}")
     trained = build_features(cfg, TensorCache(tmp_path / "cache"), seed=0)

@@ -1,7 +1,8 @@
 """`benchmark=cifar100`: the python-format CIFAR-100 (`cifar-100-python/{train,test,meta}`).
 
 Subdomains come from the 20 coarse superclasses: one generalist, then groups of superclasses
-(config), then the 20 superclass specialists. The official train set is split by seed into
+(config), then the 20 superclass specialists; or, with `benchmark.hierarchy=auto`, from the fine
+classes the weak generalist confuses. The official train set is split by seed into
 teacher training and transfer pool images; the official test set is the test split.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from csl_avalanche.auto_hierarchy import configured_hierarchy
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.image_features import ImageSplits, build_image_feature_set
@@ -96,7 +98,12 @@ def cifar100_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Feature
         train, cfg.benchmark.splits, seed, what="benchmark.splits", parts=("teachers", "pool")
     )
     groups = OmegaConf.to_object(cfg.benchmark.superclass_groups) or []
-    hierarchy = superclass_hierarchy(train.labels.numpy(), train_coarse, coarse_names, groups)
+    hierarchy = configured_hierarchy(
+        cfg.benchmark,
+        100,
+        lambda: superclass_hierarchy(train.labels.numpy(), train_coarse, coarse_names, groups),
+    )
+    fine_names = [_text(name) for name in meta.get("fine_label_names", [])]
     return build_image_feature_set(
         ImageSplits(teachers=parts["teachers"], pool=parts["pool"], test=test),
         hierarchy,
@@ -104,6 +111,7 @@ def cifar100_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Feature
         cfg,
         cache,
         seed,
+        class_names=fine_names if len(fine_names) == 100 else None,
     )
 
 

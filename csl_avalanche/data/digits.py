@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from csl_avalanche.auto_hierarchy import configured_hierarchy
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.pipeline import Budget, build_feature_set, split_tensors
@@ -33,7 +34,9 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 def digits_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
     x, y = load_digits_tensors()
     data = split_tensors(x, y, dict(cfg.benchmark.splits), seed)
-    hierarchy = Hierarchy(OmegaConf.to_object(cfg.benchmark.hierarchy), num_classes=10)
+    hierarchy = configured_hierarchy(
+        cfg.benchmark, 10, lambda: Hierarchy(OmegaConf.to_object(cfg.benchmark.hierarchy), 10)
+    )
     student, teacher = cfg.student, cfg.teacher
     return build_feature_set(
         data,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from csl_avalanche.auto_hierarchy import configured_hierarchy
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.idx import IdxFormatError, read_idx
@@ -174,7 +175,11 @@ def fashion_mnist_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Fe
     x, y = load_fashion_mnist(data_cfg.root, download_to=download_to)
     side = int(round(x.shape[1] ** 0.5))
     data = split_tensors(x, y, dict(cfg.benchmark.splits), seed)
-    hierarchy = Hierarchy(OmegaConf.to_object(cfg.benchmark.hierarchy), num_classes=NUM_CLASSES)
+    hierarchy = configured_hierarchy(
+        cfg.benchmark,
+        NUM_CLASSES,
+        lambda: Hierarchy(OmegaConf.to_object(cfg.benchmark.hierarchy), NUM_CLASSES),
+    )
     student, teacher = cfg.student, cfg.teacher
     return build_feature_set(
         data,
@@ -189,4 +194,5 @@ def fashion_mnist_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Fe
         teacher_config={"arch": "pooled_linear", "side": side, **OmegaConf.to_container(teacher)},
         cache=cache,
         seed=seed,
+        class_names=CLASSES,
     )

@@ -3,7 +3,8 @@
 Every benchmark ends here: student embeddings of the transfer pool and the test split, ground
 truth (for the ceiling and diagnostics only), the frozen teachers' class probabilities on both,
 and the hierarchy. Users with embeddings and teacher outputs computed elsewhere save the same
-fields with `torch.save` and run `benchmark=features data.path=FILE`.
+fields with `torch.save` and run `benchmark=features data.path=FILE`. `class_names` (optional)
+names the classes where the benchmark has names, for results.json's `hierarchy_names`.
 
 With a fine-tuned student (`student.finetune=true` on the image benchmarks) `train_x` and
 `test_x` hold the student's preprocessed images instead, [N, 3, H, W] (uint8, or floating point
@@ -68,6 +69,7 @@ class FeatureSet:
     train_domains: torch.Tensor | None = None  # [N] domain of each pool sample, or None
     test_domains: torch.Tensor | None = None  # [M]
     teacher_logits: bool = False  # the teacher outputs above are logits, not probabilities
+    class_names: Sequence[str] | None = None  # one per class, where the benchmark has names
 
     def teacher_probs(
         self,
@@ -179,6 +181,10 @@ class FeatureSet:
                     f"{name} holds labels in [{int(labels.min())}, {int(labels.max())}], "
                     f"outside 0..{c - 1} (C={c} from the teacher outputs)"
                 )
+        if self.class_names is not None and (
+            len(self.class_names) != c or not all(isinstance(n, str) for n in self.class_names)
+        ):
+            raise FeaturesFileError(f"class_names must be {c} strings, one per class (C={c})")
         if values:
             self._validate_values()
         self._validate_domains(n, m)
@@ -237,7 +243,7 @@ class FeatureSet:
                 )
 
 
-OPTIONAL_FIELDS = ("train_domains", "test_domains")
+OPTIONAL_FIELDS = ("train_domains", "test_domains", "class_names")
 INTEGER_FIELDS = ("train_y", "test_y", "train_domains", "test_domains")
 # A features file's teacher outputs: probabilities, or logits (FeatureSet.teacher_logits).
 TEACHER_KEYS = {
@@ -279,7 +285,7 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         ) from None
     tensors = {}
     for key, name in keys.items():
-        if name in ("levels", "subdomains"):
+        if name in ("levels", "subdomains", "class_names"):
             continue
         value = raw.get(key)
         if not isinstance(value, torch.Tensor) and not (name in OPTIONAL_FIELDS and value is None):
@@ -289,7 +295,11 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         tensors[name] = value if key in TEACHER_KEYS[kind] else _standard_dtype(name, value)
     try:
         features = FeatureSet(
-            **tensors, levels=levels, subdomains=subdomains, teacher_logits=kind == "logits"
+            **tensors,
+            levels=levels,
+            subdomains=subdomains,
+            teacher_logits=kind == "logits",
+            class_names=raw.get("class_names"),
         )
         return features.validate(images=False)
     except FeaturesFileError as err:

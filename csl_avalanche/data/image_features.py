@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from csl_avalanche.auto_hierarchy import AutoHierarchy
 from csl_avalanche.cache import TensorCache, fingerprint
+from csl_avalanche.data import confusion_probe
 from csl_avalanche.data.checks import finite_fault, nested_finite_fault, teacher_probs_fault
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.images import DatasetError, Images, TransformedImages
@@ -72,15 +75,18 @@ class Backbone:
 
 def build_image_feature_set(
     splits: ImageSplits,
-    hierarchy: Hierarchy,
+    hierarchy: Hierarchy | AutoHierarchy,
     num_classes: int,
     cfg: DictConfig,
     cache: TensorCache,
     seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> FeatureSet:
     """Extract (or load from cache) embeddings and teacher probabilities; see the module doc.
 
-    `hierarchy` partitions classes, or domains when the images carry `domains`.
+    `hierarchy` partitions classes, or domains when the images carry `domains`; an
+    AutoHierarchy is chosen from the teacher split's features (`confusion_probe`), with a
+    linear head as the probe, before the teacher heads train.
     """
     by_domain = splits.pool.domains is not None
     start, hits, misses = time.perf_counter(), cache.hits, cache.misses
@@ -107,6 +113,17 @@ def build_image_feature_set(
         )
         units = splits.teachers.domains if by_domain else splits.teachers.labels
         budget = {k: cfg.teacher[k] for k in ("steps", "batch_size", "lr")}
+        hierarchy = confusion_probe.resolve(
+            hierarchy,
+            train_t,
+            splits.teachers.labels,
+            head_factory(train_t.shape[1], num_classes, extract.device),
+            identity=(train_key, splits.teachers.labels, "linear-head"),
+            budget=budget,
+            seed=seed,
+            cache=cache,
+            class_names=class_names,
+        )
         inputs = (train_key, splits.teachers.labels, units, hierarchy.as_lists(), budget, seed)
         heads_key = fingerprint("teacher-heads", *inputs)
         states = cache.get_or_compute(
@@ -154,6 +171,7 @@ def build_image_feature_set(
         subdomains=subdomains,
         train_domains=splits.pool.domains,
         test_domains=splits.test.domains,
+        class_names=class_names,
     ).validate(values=False)  # the cache checked every value
 
 
@@ -273,7 +291,7 @@ def _train_heads(
         hierarchy,
         x,
         y,
-        lambda: nn.Linear(x.shape[1], num_classes).to(device),
+        head_factory(x.shape[1], num_classes, device),
         units=units,
         steps=int(budget["steps"]),
         batch_size=int(budget["batch_size"]),
@@ -281,6 +299,11 @@ def _train_heads(
         seed=seed,
     )
     return [{k: v.cpu() for k, v in head.state_dict().items()} for head in heads]
+
+
+def head_factory(dim: int, num_classes: int, device: torch.device) -> Callable[[], nn.Linear]:
+    """New teacher heads: linear maps from `dim` teacher features to the classes."""
+    return lambda: nn.Linear(dim, num_classes).to(device)
 
 
 def _linear_head(state: dict[str, torch.Tensor]) -> nn.Linear:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from csl_avalanche.auto_hierarchy import AutoHierarchy, configured_hierarchy
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.image_features import ImageSplits, build_image_feature_set
@@ -36,12 +37,18 @@ def imagefolder_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Feat
         parts=("teachers", "pool", "test"),
     )
     hierarchy = class_hierarchy(cfg.benchmark, classes)
-    return build_image_feature_set(ImageSplits(**parts), hierarchy, len(classes), cfg, cache, seed)
+    return build_image_feature_set(
+        ImageSplits(**parts), hierarchy, len(classes), cfg, cache, seed, class_names=classes
+    )
 
 
-def class_hierarchy(benchmark: DictConfig, classes: list[str]) -> Hierarchy:
-    """`benchmark.hierarchy` (levels of groups of class names or indices), or else
+def class_hierarchy(benchmark: DictConfig, classes: list[str]) -> Hierarchy | AutoHierarchy:
+    """`benchmark.hierarchy` (levels of groups of class names or indices, or auto), or else
     `benchmark.teachers_per_level` contiguous blocks of classes."""
+    return configured_hierarchy(benchmark, len(classes), lambda: _given(benchmark, classes))
+
+
+def _given(benchmark: DictConfig, classes: list[str]) -> Hierarchy:
     key = "benchmark.hierarchy" if benchmark.get("hierarchy") else "benchmark.teachers_per_level"
     try:
         if benchmark.get("hierarchy"):

@@ -60,4 +60,5 @@ def imagenet_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Feature
         cfg,
         cache,
         seed,
+        class_names=classes,
     )

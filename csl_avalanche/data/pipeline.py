@@ -8,13 +8,15 @@ split the data and which models to build; this module does the rest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from csl_avalanche.auto_hierarchy import AutoHierarchy
 from csl_avalanche.cache import TensorCache, fingerprint
+from csl_avalanche.data import confusion_probe
 from csl_avalanche.data.checks import embeddings_fault, nested_finite_fault, teacher_probs_fault
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.splits import checked_split
@@ -62,7 +64,7 @@ def split_tensors(
 
 def build_feature_set(
     data: SplitData,
-    hierarchy: Hierarchy,
+    hierarchy: Hierarchy | AutoHierarchy,
     *,
     make_backbone: Callable[[], nn.Module],
     backbone_budget: Budget,
@@ -72,12 +74,24 @@ def build_feature_set(
     teacher_config: dict,
     cache: TensorCache,
     seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> FeatureSet:
     """Pretrain (or load from cache) the backbone and the teachers, then extract everything.
 
     `backbone_config` and `teacher_config` describe the two factories (architecture names and
-    sizes); each is part of its own models' cache keys, as are the data, budgets and seed.
+    sizes); each is part of its own models' cache keys, as are the data, budgets and seed. An
+    AutoHierarchy is chosen first, from the teacher split only (`confusion_probe`).
     """
+    hierarchy = confusion_probe.resolve(
+        hierarchy,
+        *data.teachers,
+        make_teacher,
+        identity=(data.teachers, teacher_config),
+        budget=asdict(teacher_budget),
+        seed=seed,
+        cache=cache,
+        class_names=class_names,
+    )
     backbone = pretrained_backbone(
         make_backbone,
         backbone_budget,
@@ -117,6 +131,7 @@ def build_feature_set(
         teacher_test_probs=probs["test"],
         levels=levels,
         subdomains=subdomains,
+        class_names=class_names,
     ).validate(values=False)  # the cache checked every value
 
 
