@@ -113,8 +113,7 @@ def nested_groups(
     docstring); if no pair fits, among the pairs whose union is smallest. Among equal scores,
     the pair with the smallest class index, then the smallest class index of the other cluster
     (so classes never confused, all-zero affinity, are merged in index order). Groups are
-    sorted lists, ordered
-    by their smallest class. A size of C gives singletons.
+    sorted lists, ordered by their smallest class. A size of C gives singletons.
     """
     num_classes = affinity.shape[0]
     check_sizes(sizes, num_classes, what)
