@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from csl_avalanche import cosupervision as cs
+from csl_avalanche.confidence_loss import LOSSES
 from csl_avalanche.errors import ConfigError, refuse
 
 STRATEGY_NAMES = ("csl", "w2s", "ground_truth")  # experiment.STRATEGIES, and ground truth
@@ -106,6 +107,7 @@ PATH = Rule("a folder path", lambda v: isinstance(v, str) and v.strip() != "")
 POSITIVE = number("> 0", lambda v: v > 0)
 NON_NEGATIVE = number(">= 0", lambda v: v >= 0)
 FRACTION = number("in (0, 1]", lambda v: 0 < v <= 1)
+UNIT = number("in [0, 1]", lambda v: 0 <= v <= 1)
 # Every model here trains with Adam, which moves each weight by up to about lr per step: a rate
 # above 1 is a mistyped exponent (1e4 for 1e-4), and above ~3e37 overflows inside torch.
 LEARNING_RATE = FRACTION
@@ -133,6 +135,9 @@ SETTINGS: dict[str, Rule] = {
     "strategy.epochs": whole(1),
     "strategy.lr": LEARNING_RATE,
     "strategy.batch_size": whole(1),
+    "strategy.loss": choice(*LOSSES),
+    "strategy.logconf_alpha": UNIT,
+    "strategy.logconf_warmup": UNIT,
     "benchmark.splits": FRACTIONS,
     "benchmark.val_splits": FRACTIONS,
     "benchmark.teacher_fraction": FRACTION,
@@ -163,7 +168,7 @@ PLUGIN_SETTINGS: dict[str, dict[str, Rule]] = {
     "ewc": {
         "ewc_lambda": NON_NEGATIVE,
         "mode": choice("separate", "online"),
-        "decay_factor": optional(number("in [0, 1]", lambda v: 0 <= v <= 1)),
+        "decay_factor": optional(UNIT),
     },
     "lwf": {"alpha": either(NON_NEGATIVE, list_of(NON_NEGATIVE)), "temperature": POSITIVE},
 }
