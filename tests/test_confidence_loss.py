@@ -1,18 +1,30 @@
-"""The auxiliary confidence loss (csl_avalanche.confidence_loss) on cases computed by hand, and
-against a pair-by-pair reading of the greedy rule."""
+"""The auxiliary confidence loss (csl_avalanche.confidence_loss) on cases computed by hand and
+against a pair-by-pair reading of the greedy rule; then in the strategies (its ramp over each
+level's steps) and on the command line (alpha 0 is plain cross-entropy; every strategy, both
+label kinds, the class-incremental scenario, the continual plugins)."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+from conftest import cli, make_feature_set
 
+from csl_avalanche.benchmark import make_csl_benchmark
 from csl_avalanche.confidence_loss import (
     hardened_labels,
     logconf_loss,
     logconf_weight,
     teacher_classes,
 )
+from csl_avalanche.data.features import save_features
+from csl_avalanche.models import linear_probe
+from csl_avalanche.plugins.continual import build_continual_plugins
+from csl_avalanche.strategies import CSLStrategy
 
 
 def greedy_by_pairs(probs: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
@@ -137,3 +149,101 @@ def test_the_weight_must_be_a_fraction():
 )
 def test_the_weight_ramps_linearly_to_alpha(step, total, alpha, warmup, weight):
     assert logconf_weight(step, total, alpha, warmup) == pytest.approx(weight)
+
+
+# --- the student's loss in the strategies and on the command line ---------------------------
+
+QUICK = ("strategy.epochs=3", "strategy.lr=0.05", "strategy.batch_size=16")
+
+
+class WeightRecorder(SupervisedPlugin):
+    """The confidence weight, step and level length at every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.levels: list[list[tuple[int, int, float]]] = []
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.levels.append([])
+
+    def before_backward(self, strategy, **kwargs):
+        step = strategy.clock.train_exp_iterations
+        self.levels[-1].append((step, strategy.level_steps, strategy.confidence_weight()))
+
+
+@pytest.mark.parametrize("plugins", [{}, {"replay": {"mem_size": 40, "batch_size_mem": 8}}])
+def test_the_strategy_ramps_the_weight_over_each_levels_steps(tiny_features, plugins):
+    recorder = WeightRecorder()
+    strategy = CSLStrategy(
+        model=linear_probe(tiny_features.train_x.shape[1], tiny_features.num_classes),
+        features=tiny_features,
+        loss="logconf",
+        logconf_alpha=0.6,
+        logconf_warmup=0.5,
+        lr=0.01,
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        evaluator=EvaluationPlugin(loggers=[]),
+        plugins=[*build_continual_plugins(plugins), recorder],
+    )
+    for experience in make_csl_benchmark(tiny_features).train_stream:
+        strategy.train(experience, eval_streams=[])
+    assert len(recorder.levels) == 2
+    for level in recorder.levels:
+        steps = [step for step, _, _ in level]
+        total = level[0][1]
+        assert steps == list(range(len(level))) and total == len(level)  # every step, once
+        weights = [weight for _, _, weight in level]
+        assert weights[0] == 0.0 and weights[total // 2 :] == [0.6] * (total - total // 2)
+        assert weights[total // 4] == pytest.approx(0.6 * (total // 4) / (total / 2))
+
+
+def run(run_dir, *overrides: str) -> dict:
+    outcome = cli(run_dir, *overrides, cache_dir=run_dir.parent / "cache")
+    assert outcome.code == 0, outcome.err
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def features_file(tmp_path_factory) -> list[str]:
+    path = tmp_path_factory.mktemp("features") / "tiny.pt"
+    save_features(make_feature_set(noise=1.5), path)  # overlapping classes: not 100% accurate
+    return ["benchmark=features", f"data.path={path}", *QUICK]
+
+
+def accuracies(results: dict) -> list[float]:
+    entries = results.get("levels") or results["arrivals"]
+    return [entry.get("student_accuracy", entry.get("accuracy")) for entry in entries]
+
+
+@pytest.mark.usefixtures("single_threaded")
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_logconf_with_alpha_0_gives_the_numbers_of_ce(tmp_path, features_file, labels):
+    common = (*features_file, f"strategy.labels={labels}", "plugins=[lwf]")
+    ce = run(tmp_path / "ce", *common)
+    zero = run(tmp_path / "zero", *common, "strategy.loss=logconf", "strategy.logconf_alpha=0")
+    assert zero["levels"] == ce["levels"]  # accuracies, PGR, label statistics: all equal
+    assert zero["config"]["strategy"]["loss"] == "logconf"
+    confident = run(tmp_path / "one", *common, "strategy.loss=logconf", "strategy.logconf_alpha=1")
+    assert accuracies(confident) != accuracies(ce)  # the option reaches the loss
+    assert confident["ceiling_accuracy"] == ce["ceiling_accuracy"]  # but not the ceiling
+
+
+@pytest.mark.usefixtures("single_threaded")
+@pytest.mark.parametrize("strategy", ["csl", "w2s", "ground_truth"])
+def test_logconf_trains_class_incrementally_with_the_continual_plugins(
+    tmp_path, features_file, strategy
+):
+    results = run(
+        tmp_path / strategy,
+        *features_file,
+        "scenario=class_incremental",
+        f"strategy={strategy}",
+        "strategy.loss=logconf",
+        "plugins=[replay,ewc,lwf]",
+    )
+    numbers = accuracies(results) + [results["final_average_accuracy"]]
+    assert len(results["arrivals"]) == 2
+    assert all(math.isfinite(number) for number in numbers)
+    assert results["final_accuracy"] > 0.35  # it learned (chance 1/4)
