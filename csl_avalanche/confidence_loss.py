@@ -15,6 +15,8 @@ positive rate; `hardened_labels` generalises that to C classes.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -49,11 +51,12 @@ def hardened_labels(probs: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
             f"quota must give each of the {classes} classes a count summing to the batch size "
             f"{batch}, got {quota.tolist()}"
         )
+    probs = probs.nan_to_num(nan=-1.0)  # a diverged student's NaNs rank last, not undefined
     labels = torch.full((batch,), -1, dtype=torch.long, device=probs.device)
     left = quota.to(device=probs.device, dtype=torch.long).clone()
     index = torch.arange(batch, device=probs.device)
     while (open_rows := labels < 0).any():
-        best = probs.masked_fill(left[None, :] == 0, -1.0).argmax(dim=1)  # the first maximum
+        best = probs.masked_fill(left[None, :] == 0, -math.inf).argmax(dim=1)  # first maximum
         mine = probs[index, best]
         theirs = probs[:, best]  # [j, i]: sample j's probability of sample i's best class
         above = (theirs > mine) | ((theirs == mine) & (index[:, None] < index[None, :]))

@@ -83,6 +83,11 @@ def test_hardening_is_the_greedy_rule_and_keeps_every_count_exactly(seed):
     assert torch.equal(torch.bincount(labels, minlength=classes), quota)
 
 
+def test_hardening_ranks_a_diverged_students_nans_last():
+    probs = torch.tensor([[float("nan"), float("nan")], [0.3, 0.7], [0.6, 0.4]])
+    assert hardened_labels(probs, torch.tensor([2, 1])).tolist() == [0, 1, 0]
+
+
 def test_hardening_refuses_quotas_that_do_not_fit_the_batch():
     with pytest.raises(ValueError, match="summing to the batch size 3"):
         hardened_labels(torch.full((3, 2), 0.5), torch.tensor([1, 1]))
