@@ -266,6 +266,13 @@ def _common_kwargs(cfg: DictConfig, device: torch.device) -> dict:
     }
 
 
+def _loss_kwargs(cfg: DictConfig) -> dict:
+    """The student's training loss: for the configured strategy, never the ceiling (PGR's
+    reference stays the student on ground truth with plain cross-entropy)."""
+    s = cfg.strategy
+    return {"loss": s.loss, "logconf_alpha": s.logconf_alpha, "logconf_warmup": s.logconf_warmup}
+
+
 def _plugins(cfg: DictConfig, name: str) -> list:
     """The divergence check, and a progress bar if asked for."""
     advice = f"use a lower strategy.lr (now {cfg.strategy.lr:g})"
@@ -319,6 +326,7 @@ def _make_strategy(
             LevelStatisticsMetric(),
         ),
         plugins=plugins,
+        **_loss_kwargs(cfg),
         **_common_kwargs(cfg, device),
     )
 

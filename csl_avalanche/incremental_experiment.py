@@ -33,6 +33,7 @@ from csl_avalanche.experiment import (
     STREAM_ACCURACY,
     _common_kwargs,
     _evaluator,
+    _loss_kwargs,
     _make_strategy,
     _plugins,
     _student,
@@ -152,6 +153,7 @@ class ClassIncrementalRun:
             model=_student(cfg, benchmark),
             evaluator=_evaluator(cfg, run_dir / "tb" / GROUND_TRUTH, pgr_metric, metric),
             plugins=_plugins(cfg, GROUND_TRUTH) + plugins,
+            **_loss_kwargs(cfg),
             **_common_kwargs(cfg, device),
         )
 

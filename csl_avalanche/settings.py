@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from csl_avalanche import cosupervision as cs
 from csl_avalanche.auto_hierarchy import AUTO, LEVELS_KEY, check_sizes
+from csl_avalanche.confidence_loss import LOSSES
 from csl_avalanche.errors import ConfigError, refuse
 
 STRATEGY_NAMES = ("csl", "w2s", "ground_truth")  # experiment.STRATEGIES, and ground truth
@@ -107,6 +108,7 @@ PATH = Rule("a folder path", lambda v: isinstance(v, str) and v.strip() != "")
 POSITIVE = number("> 0", lambda v: v > 0)
 NON_NEGATIVE = number(">= 0", lambda v: v >= 0)
 FRACTION = number("in (0, 1]", lambda v: 0 < v <= 1)
+UNIT = number("in [0, 1]", lambda v: 0 <= v <= 1)
 # Every model here trains with Adam, which moves each weight by up to about lr per step: a rate
 # above 1 is a mistyped exponent (1e4 for 1e-4), and above ~3e37 overflows inside torch.
 LEARNING_RATE = FRACTION
@@ -136,6 +138,9 @@ SETTINGS: dict[str, Rule] = {
     "strategy.batch_size": whole(1),
     "strategy.chunk_size": optional(whole(1)),
     "strategy.reassign_every": optional(whole(1)),
+    "strategy.loss": choice(*LOSSES),
+    "strategy.logconf_alpha": UNIT,
+    "strategy.logconf_warmup": UNIT,
     "benchmark.splits": FRACTIONS,
     "benchmark.val_splits": FRACTIONS,
     "benchmark.teacher_fraction": FRACTION,
@@ -172,7 +177,7 @@ PLUGIN_SETTINGS: dict[str, dict[str, Rule]] = {
     "ewc": {
         "ewc_lambda": NON_NEGATIVE,
         "mode": choice("separate", "online"),
-        "decay_factor": optional(number("in [0, 1]", lambda v: 0 <= v <= 1)),
+        "decay_factor": optional(UNIT),
     },
     "lwf": {"alpha": either(NON_NEGATIVE, list_of(NON_NEGATIVE)), "temperature": POSITIVE},
 }

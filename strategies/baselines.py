@@ -18,6 +18,7 @@ class GroundTruthCeiling(StudentTemplate):
 
     Train it on `benchmark.ceiling_stream`, or, as the class-incremental diagnostic, on an
     arrival benchmark's `ground_truth_stream`: the only streams whose labels are ground truth.
+    The ceiling trains with plain cross-entropy; the diagnostic with the configured loss.
     """
 
     def __init__(self, **kwargs):

@@ -1,18 +1,19 @@
 """The strong student's training loop, as the paper runs it, on Avalanche's SupervisedTemplate.
 
 Per experience (hierarchy level): a fresh Adam optimiser with a cosine schedule over the
-level's steps, optionally a freshly initialised model, hard or soft targets, and batches
-gathered from in-memory tensors when the inputs are cached features.
+level's steps, optionally a freshly initialised model, hard or soft targets, optionally Burns
+et al.'s auxiliary confidence loss, and batches gathered from in-memory tensors when the inputs
+are cached features.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from csl_avalanche import distributed
+from csl_avalanche.confidence_loss import LOSSES, logconf_loss, logconf_weight
 from csl_avalanche.cosupervision import LABEL_KINDS
 from csl_avalanche.loader import InMemoryBatchLoader
 
@@ -27,11 +28,20 @@ class StudentTemplate(SupervisedTemplate):
     backbone and initial head. `in_memory=True` uses InMemoryBatchLoader (the inputs are
     gathered from tensors on the training device; an ImageStudent augments each batch itself).
 
+    `loss="logconf"` trains on (1 - w) * CE(teacher target) + w * CE(the student's own
+    class-balanced hardened prediction) (csl_avalanche.confidence_loss), w ramped from 0 to
+    `logconf_alpha` over the first `logconf_warmup` fraction of each experience's steps; the
+    ramp is read off the clock, so a resumed run takes the same weights. `loss="ce"` (and
+    evaluation) is plain cross-entropy.
+
     Under torchrun (csl_avalanche.distributed) `batch_size` stays the global batch: each rank
     trains on its weighted share of every batch (`loader.rank_share`) through
     DistributedDataParallel (Avalanche 0.6's templates do not wrap the model themselves),
     which averages the gradients, so the ranks take the steps one process would. `self.model`
-    stays the plain module: evaluation, the E-step and checkpoints use it.
+    stays the plain module: evaluation, the E-step and checkpoints use it. The confidence loss
+    hardens each rank's share against the share's own teacher counts: the global batch keeps
+    its teacher class counts exactly, but which samples take which class can differ from one
+    process's hardening of the whole batch.
     """
 
     def __init__(
@@ -43,6 +53,9 @@ class StudentTemplate(SupervisedTemplate):
         batch_size: int,
         labels: str = "hard",
         reinit_student: bool = True,
+        loss: str = "ce",
+        logconf_alpha: float = 0.5,
+        logconf_warmup: float = 0.2,
         in_memory: bool = True,
         seed: int = 0,
         eval_batch_size: int = 1024,
@@ -50,6 +63,8 @@ class StudentTemplate(SupervisedTemplate):
     ):
         if labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {labels!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         super().__init__(
             model=model,
             optimizer=torch.optim.Adam(model.parameters(), lr=lr),
@@ -63,6 +78,10 @@ class StudentTemplate(SupervisedTemplate):
         self.base_epochs = epochs
         self.labels = labels
         self.reinit_student = reinit_student
+        self.loss_kind = loss
+        self.logconf_alpha = logconf_alpha
+        self.logconf_warmup = logconf_warmup
+        self.level_steps = 0  # the current experience's training steps
         self.in_memory = in_memory
         self.seed = seed
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -72,13 +91,20 @@ class StudentTemplate(SupervisedTemplate):
         }
 
     def criterion(self) -> torch.Tensor:
-        if self.is_training and self.labels == "soft":
-            loss = F.cross_entropy(self.mb_output, self._soft_targets())
-        else:
-            loss = self._criterion(self.mb_output, self.mb_y)
-        if self.is_training and self.parallel_model is not None:
+        if not self.is_training:
+            return self._criterion(self.mb_output, self.mb_y)
+        target = self._soft_targets() if self.labels == "soft" else self.mb_y
+        loss = logconf_loss(self.mb_output, target, self.confidence_weight())
+        if self.parallel_model is not None:
             loss = loss * self.dataloader.share_weight  # this rank's part of the global batch
         return loss
+
+    def confidence_weight(self) -> float:
+        """The confidence term's weight at the current step: 0 for `loss="ce"`."""
+        if self.loss_kind == "ce":
+            return 0.0
+        step = self.clock.train_exp_iterations
+        return logconf_weight(step, self.level_steps, self.logconf_alpha, self.logconf_warmup)
 
     def _soft_targets(self) -> torch.Tensor:
         """Minibatch column 2 in float32 (the co-supervision plugin keeps it in float16),
@@ -137,17 +163,21 @@ class StudentTemplate(SupervisedTemplate):
     def _before_training_exp(self, **kwargs) -> None:
         super()._before_training_exp(**kwargs)
         # After the plugins: they may have changed the epochs (CSL) or the loader (replay).
-        total_steps = max(1, self.train_epochs * len(self.dataloader))
-        self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
+        self.level_steps = max(1, self.train_epochs * len(self.dataloader))
+        self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, self.level_steps
+        )
 
     def replace_training_data(self, dataset) -> None:
         """Train the rest of the experience on `dataset` (CSL's re-assignment inside a level):
-        a new loader, and the cosine schedule's length set so that it still reaches zero at
-        the experience's last step (the schedule's recursive form keeps the rate continuous)."""
+        a new loader, and the experience's step count (the cosine schedule's length, the
+        confidence loss's ramp) set so that the schedule still reaches zero at its last step
+        (the schedule's recursive form keeps the rate continuous)."""
         self.adapted_dataset = dataset.train()
         self.make_train_dataloader()
         remaining = (self.train_epochs - self.clock.train_exp_epochs) * len(self.dataloader)
-        self.lr_scheduler.T_max = max(1, self.clock.train_exp_iterations + remaining)
+        self.level_steps = max(1, self.clock.train_exp_iterations + remaining)
+        self.lr_scheduler.T_max = self.level_steps
 
     def optimizer_step(self) -> None:
         super().optimizer_step()

@@ -30,13 +30,14 @@ PLUGINS = {
 }
 
 
-def make_strategy(features, labels):
+def make_strategy(features, labels, loss):
     torch.manual_seed(0)
     forgetting = SubdomainForgettingMetric(make_csl_benchmark(features).subdomain_names())
     return CSLStrategy(
         model=linear_probe(features.train_x.shape[1], features.num_classes),
         features=features,
         labels=labels,
+        loss=loss,
         reinit_student=False,
         lr=0.01,
         epochs=2,
@@ -49,10 +50,12 @@ def make_strategy(features, labels):
     )
 
 
-@pytest.mark.parametrize("labels", ["hard", "soft"])
-def test_a_restored_strategy_trains_the_next_level_identically(tiny_features, tmp_path, labels):
+@pytest.mark.parametrize(("labels", "loss"), [("hard", "ce"), ("soft", "ce"), ("soft", "logconf")])
+def test_a_restored_strategy_trains_the_next_level_identically(
+    tiny_features, tmp_path, labels, loss
+):
     benchmark = make_csl_benchmark(tiny_features)
-    original = make_strategy(tiny_features, labels)
+    original = make_strategy(tiny_features, labels, loss)
     original.train(benchmark.train_stream[0], eval_streams=[])
     original.eval(benchmark.test_stream)
     path = tmp_path / "checkpoint.pt"
@@ -62,7 +65,7 @@ def test_a_restored_strategy_trains_the_next_level_identically(tiny_features, tm
 
     saved = read_checkpoint(path)
     torch.manual_seed(123)  # whatever happened in between, the checkpoint's RNG state wins
-    resumed = make_strategy(tiny_features, labels)
+    resumed = make_strategy(tiny_features, labels, loss)
     load_strategy_state(resumed, saved["strategy"])
     set_rng_state(saved["rng"])
     resumed.train(benchmark.train_stream[1], eval_streams=[])

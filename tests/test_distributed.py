@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli
+from conftest import REPO, cli, make_feature_set
 from hydra import compose, initialize_config_module
 from results_checks import check_against_cached_features, compose_config
 from test_image_benchmarks import TINY, write_class_tree
 
 from csl_avalanche.cache import TensorCache
+from csl_avalanche.data.features import save_features
 from csl_avalanche.data.registry import build_features
 from csl_avalanche.distributed import shard_rows
 from csl_avalanche.errors import ConfigError
@@ -205,6 +206,25 @@ def test_two_processes_fine_tune_an_image_student(tmp_path, image_root, single_t
     assert [lvl["num_teachers"] for lvl in results["levels"]] == [1, 2, 4]
     pixels = torch.load(next((tmp_path / "c").glob("student-pixels-*.pt")), weights_only=True)
     assert pixels["value"].dtype == torch.uint8
+
+
+def test_two_processes_train_with_the_confidence_loss(tmp_path, single_threaded):
+    """Each rank hardens its share of the batch (the shares keep the batch's teacher counts
+    together, but not one process's assignment of them: the numbers are not one process's)."""
+    path = tmp_path / "features.pt"
+    save_features(make_feature_set(noise=1.5), path)
+    overrides = [
+        "benchmark=features",
+        f"data.path={path}",
+        "strategy.epochs=3",
+        "strategy.lr=0.05",
+        "strategy.batch_size=16",
+        "strategy.loss=logconf",
+    ]
+    run_dir = tmp_path / "run"
+    results = distributed_results(run_dir, torchrun(run_dir, *overrides, cache_dir=tmp_path / "c"))
+    assert results["config"]["strategy"]["loss"] == "logconf"
+    assert all(lvl["student_accuracy"] > results["weak_accuracy"] for lvl in results["levels"])
 
 
 def test_an_unreadable_image_in_one_ranks_block_stops_both_ranks(tmp_path):

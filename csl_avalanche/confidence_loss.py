@@ -1,0 +1,95 @@
+"""The auxiliary confidence loss of Burns et al. (2023, "Weak-to-strong generalization").
+
+A student trained on a weak teacher's labels learns to imitate the teacher's mistakes. The
+confidence loss mixes the teacher target with the student's own prediction, hardened to one
+class per sample, so that a strong student can confidently disagree with its teacher:
+
+    loss = (1 - w) * CE(student, teacher target) + w * CE(student, hardened student labels)
+
+with w ramped from 0 to `alpha` over the first `warmup` fraction of the level's steps
+(`logconf_weight`). The hardening keeps the teacher labels' class balance within the batch, so
+the student cannot satisfy the second term by predicting one class everywhere: Burns et al.
+threshold a binary student's probability at the quantile that matches the teacher labels'
+positive rate; `hardened_labels` generalises that to C classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("ce", "logconf")
+
+
+def teacher_classes(target: torch.Tensor) -> torch.Tensor:
+    """The teacher's class per sample: `target` itself for class indices [B], the argmax (ties
+    to the lower class) of each row for probability rows [B, C]."""
+    return target.argmax(dim=1) if target.is_floating_point() else target
+
+
+def hardened_labels(probs: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+    """The student's prediction hardened to one class per sample, class c given to exactly
+    `quota[c]` samples (the quotas sum to the batch size).
+
+    The rule is the greedy balanced assignment: visit the (sample, class) pairs in decreasing
+    student probability `probs[i, c]` (ties to the lower sample, then the lower class) and give
+    sample i class c when i has no class yet and c has quota left. With a quota of B for one
+    class that class is everyone's; with ample quota for every class it is the argmax.
+
+    Computed in rounds instead of pair by pair (B x C pairs would be a Python loop per step):
+    each unlabelled sample takes its best class with quota left when fewer unlabelled samples
+    rank above it in that class than the quota left there. The greedy visit then cannot find
+    the class full, so every such pair is one the greedy visit makes; the best open pair always
+    qualifies, so each round labels at least one sample and the rounds end with the greedy
+    labels exactly.
+    """
+    batch, classes = probs.shape
+    if quota.shape != (classes,) or int(quota.sum()) != batch:
+        raise ValueError(
+            f"quota must give each of the {classes} classes a count summing to the batch size "
+            f"{batch}, got {quota.tolist()}"
+        )
+    probs = probs.nan_to_num(nan=-1.0)  # a diverged student's NaNs rank last, not undefined
+    labels = torch.full((batch,), -1, dtype=torch.long, device=probs.device)
+    left = quota.to(device=probs.device, dtype=torch.long).clone()
+    index = torch.arange(batch, device=probs.device)
+    while (open_rows := labels < 0).any():
+        best = probs.masked_fill(left[None, :] == 0, -math.inf).argmax(dim=1)  # first maximum
+        mine = probs[index, best]
+        theirs = probs[:, best]  # [j, i]: sample j's probability of sample i's best class
+        above = (theirs > mine) | ((theirs == mine) & (index[:, None] < index[None, :]))
+        rank = (above & open_rows[:, None]).sum(dim=0)
+        taken = open_rows & (rank < left[best])
+        labels[taken] = best[taken]
+        left -= torch.bincount(best[taken], minlength=classes)
+    return labels
+
+
+def logconf_loss(logits: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - weight) * CE(logits, target) + weight * CE(logits, hardened labels), the batch mean.
+
+    `target` holds class indices [B] or probability rows [B, C]; the hardened labels (from the
+    detached logits, quotas = the teacher's class counts in the batch) carry no gradient. With
+    weight 0 this is `F.cross_entropy(logits, target)` itself, bit for bit.
+    """
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    teacher_loss = F.cross_entropy(logits, target)
+    if weight == 0:
+        return teacher_loss
+    with torch.no_grad():
+        quota = torch.bincount(teacher_classes(target), minlength=logits.shape[1])
+        hardened = hardened_labels(logits.softmax(dim=1), quota)
+    return (1 - weight) * teacher_loss + weight * F.cross_entropy(logits, hardened)
+
+
+def logconf_weight(step: int, total_steps: int, alpha: float, warmup: float) -> float:
+    """The confidence term's weight at `step` (0-based) of a level of `total_steps`: a linear
+    ramp from 0 at step 0 to `alpha` at `warmup * total_steps`, then `alpha` (warmup 0: alpha
+    from the first step). Burns et al. ramp it in so the student first learns the teacher."""
+    ramp_steps = warmup * total_steps
+    if step >= ramp_steps:
+        return alpha
+    return alpha * step / ramp_steps
