@@ -259,37 +259,51 @@ def arrival_table(variants: list[Variant]) -> str:
 
 def plot_average_accuracy(variants: list[Variant], path: Path) -> None:
     """Average accuracy over the arrived subdomains against arrivals, a line per variant."""
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 20 distinct colours: one per variant
-    for v in variants:
-        arrivals = range(v.num_arrivals())
-        stats = [mean_spread(v.average_accuracy(arrival)) for arrival in arrivals]
-        means, spreads = zip(*stats, strict=True)
-        ax.errorbar(list(arrivals), means, yerr=spreads, marker="o", capsize=3, label=v.label)
-    ax.set_xlabel("arrival")
-    ax.set_ylabel("average accuracy over arrived subdomains\n(mean ± sd over seeds)")
-    ax.set_xticks(range(max(v.num_arrivals() for v in variants)))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _plot_per_step(
+        variants,
+        path,
+        steps=lambda v: v.num_arrivals(),
+        values=lambda v, arrival: v.average_accuracy(arrival),
+        xlabel="arrival",
+        ylabel="average accuracy over arrived subdomains\n(mean ± sd over seeds)",
+    )
 
 
 def plot_pgr(variants: list[Variant], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """PGR against levels, a line per variant."""
+    _plot_per_step(
+        variants,
+        path,
+        steps=lambda v: v.num_levels(),
+        values=lambda v, level: v.pgr(level),
+        xlabel="level",
+        ylabel="PGR (mean ± sd over seeds)",
+    )
+
+
+def _plot_per_step(
+    variants: list[Variant],
+    path: Path,
+    *,
+    steps: Callable[[Variant], int],
+    values: Callable[[Variant, int], list[float]],
+    xlabel: str,
+    ylabel: str,
+) -> None:
+    """One line per variant of the mean ± sd over seeds of `values(variant, step)`, with the
+    legend beside the lines (variant labels can be long)."""
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 20 distinct colours: one per variant
     for v in variants:
-        levels = range(v.num_levels())
-        stats = [mean_spread(v.pgr(level)) for level in levels]
-        means, spreads = zip(*stats, strict=True)
-        ax.errorbar(list(levels), means, yerr=spreads, marker="o", capsize=3, label=v.label)
-    ax.set_xlabel("level")
-    ax.set_ylabel("PGR (mean ± sd over seeds)")
-    ax.set_xticks(range(max(v.num_levels() for v in variants)))
+        points = range(steps(v))
+        means, spreads = zip(*(mean_spread(values(v, step)) for step in points), strict=True)
+        ax.errorbar(list(points), means, yerr=spreads, marker="o", capsize=3, label=v.label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(range(max(steps(v) for v in variants)))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # room for the legend, however long
     plt.close(fig)
 
 
