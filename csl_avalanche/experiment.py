@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.logging import TensorboardLogger, TextLogger
-from avalanche.training.plugins import EvaluationPlugin
 from omegaconf import DictConfig, OmegaConf
 
 import csl_avalanche.data  # noqa: F401 - registers the benchmark sources
@@ -35,12 +30,7 @@ from csl_avalanche.cosupervision import pgr, pgr_note
 from csl_avalanche.data.features import FeatureSet
 from csl_avalanche.data.registry import build_features
 from csl_avalanche.errors import ConfigError, reason
-from csl_avalanche.metrics import LevelStatisticsMetric, PGRMetric, SubdomainForgettingMetric
-from csl_avalanche.model_registry import image_student
-from csl_avalanche.models import linear_probe
-from csl_avalanche.plugins.continual import build_continual_plugins
-from csl_avalanche.plugins.divergence import DivergencePlugin
-from csl_avalanche.plugins.progress import EpochProgressPlugin
+from csl_avalanche.metrics import PGRMetric, SubdomainForgettingMetric
 from csl_avalanche.resume import RunProgress
 from csl_avalanche.settings import (
     RESULTS,
@@ -49,11 +39,19 @@ from csl_avalanche.settings import (
     check_settings,
 )
 from csl_avalanche.shared_cache import SharedTensorCache
-from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
+from csl_avalanche.strategies import GroundTruthCeiling
+from csl_avalanche.strategy_setup import (
+    STREAM_ACCURACY,
+    make_evaluator,
+    make_strategy,
+    run_plugins,
+    seed_everything,
+    student_model,
+    subdomain_accuracy,
+    training_kwargs,
+)
 
 log = logging.getLogger(__name__)
-STRATEGIES = {"csl": CSLStrategy, "w2s": WeakToStrong}
-STREAM_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,12 +63,6 @@ def resolve_device(name: str) -> torch.device:
             "device=cuda was asked for, but torch sees no CUDA device; use device=auto"
         )
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
@@ -119,7 +111,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(seed)
     forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
     pgr_metric = PGRMetric(weak, ceiling, missing_classes=missing, ceiling_steps=ceiling_steps)
-    strategy = _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting)
+    strategy = make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting)
     progress.restore(strategy)
     for experience in strategy.levels(benchmark.train_stream)[len(progress.levels) :]:
         log.info("level %d: training (teachers: %d)", experience.level, experience.num_teachers)
@@ -139,7 +131,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             "student_accuracy": accuracy,
             "pgr": None if note else pgr(accuracy, weak, ceiling),
             **({"pgr_note": note} if note else {}),
-            "subdomain_accuracy": _subdomain_accuracy(metrics, benchmark),
+            "subdomain_accuracy": subdomain_accuracy(metrics, benchmark),
             **{
                 k: v
                 for k, v in stats.as_dict().items()
@@ -225,65 +217,6 @@ def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int, chunk_size: int
     return (correct / len(features.test_y)).item()
 
 
-def _student(cfg: DictConfig, benchmark: CSLBenchmark) -> torch.nn.Module:
-    """A linear probe on cached embeddings; with images (`student.finetune=true`), the whole
-    `student.arch` network, augmenting and normalising its inputs itself."""
-    features = benchmark.features
-    if not features.holds_images:
-        return linear_probe(features.train_x.shape[1], features.num_classes)
-    return image_student(
-        cfg.student.arch,
-        num_classes=features.num_classes,
-        image_size=features.train_x.shape[-1],
-        pretrained=bool(cfg.student.get("pretrained")),
-        checkpoint=cfg.student.get("checkpoint"),
-    )
-
-
-def _evaluator(cfg: DictConfig, log_dir: Path, *extra_metrics) -> EvaluationPlugin:
-    """Metrics on every rank, loggers on rank 0 only (Avalanche refuses them elsewhere)."""
-    return EvaluationPlugin(
-        accuracy_metrics(experience=True, stream=True),
-        *extra_metrics,
-        loggers=_loggers(log_dir) if distributed.is_main() else [],
-    )
-
-
-def _loggers(log_dir: Path) -> list:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    text_log = open(log_dir / "avalanche.log", "a")  # noqa: SIM115 - owned by the logger
-    return [TensorboardLogger(tb_log_dir=str(log_dir)), TextLogger(text_log)]
-
-
-def _common_kwargs(cfg: DictConfig, device: torch.device) -> dict:
-    s = cfg.strategy
-    return {
-        "lr": s.lr,
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "seed": int(cfg.seed),
-        "device": device,
-    }
-
-
-def _loss_kwargs(cfg: DictConfig) -> dict:
-    """The student's training loss: for the configured strategy, never the ceiling (PGR's
-    reference stays the student on ground truth with plain cross-entropy)."""
-    s = cfg.strategy
-    return {"loss": s.loss, "logconf_alpha": s.logconf_alpha, "logconf_warmup": s.logconf_warmup}
-
-
-def _plugins(cfg: DictConfig, name: str) -> list:
-    """The divergence check, and a progress bar if asked for."""
-    advice = f"use a lower strategy.lr (now {cfg.strategy.lr:g})"
-    if cfg.plugins and name != "ceiling":
-        advice += f", or check the settings of plugins {', '.join(cfg.plugins)}"
-    plugins = [DivergencePlugin(name, advice)]
-    if cfg.progress and distributed.is_main():
-        plugins.append(EpochProgressPlugin(name))
-    return plugins
-
-
 def _run_ceiling(
     cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path, progress: RunProgress
 ) -> None:
@@ -291,49 +224,12 @@ def _run_ceiling(
     log.info("ceiling: training the student on the pool's ground truth")
     seed_everything(int(cfg.seed))
     strategy = GroundTruthCeiling(
-        model=_student(cfg, benchmark),
-        evaluator=_evaluator(cfg, run_dir / "tb" / "ceiling"),
-        plugins=_plugins(cfg, "ceiling"),
-        **_common_kwargs(cfg, device),
+        model=student_model(cfg, benchmark),
+        evaluator=make_evaluator(cfg, run_dir / "tb" / "ceiling"),
+        plugins=run_plugins(cfg, "ceiling"),
+        **training_kwargs(cfg, device),
     )
     strategy.train(benchmark.ceiling_stream[0], eval_streams=[])
     steps = strategy.clock.train_exp_iterations
     accuracy = strategy.eval(benchmark.test_stream)[STREAM_ACCURACY]
     progress.save_ceiling(accuracy, steps, strategy.evaluator)
-
-
-def _make_strategy(
-    cfg, benchmark, device, run_dir, pgr_metric, forgetting, log_name: str | None = None
-) -> CSLStrategy:
-    """The configured strategy; it logs to tb/<log_name>, by default tb/<strategy name>."""
-    s = cfg.strategy
-    plugins = _plugins(cfg, s.name) + build_continual_plugins(OmegaConf.to_container(cfg.plugins))
-    return STRATEGIES[s.name](
-        model=_student(cfg, benchmark),
-        features=benchmark.features,
-        assignment=s.assignment,
-        labels=s.labels,
-        denoise=s.denoise,
-        scale_epochs=s.scale_epochs,
-        chunk_size=s.get("chunk_size"),
-        reassign_every=s.get("reassign_every"),
-        reinit_student=s.reinit_student,
-        evaluator=_evaluator(
-            cfg,
-            run_dir / "tb" / (log_name or s.name),
-            pgr_metric,
-            forgetting,
-            LevelStatisticsMetric(),
-        ),
-        plugins=plugins,
-        **_loss_kwargs(cfg),
-        **_common_kwargs(cfg, device),
-    )
-
-
-def _subdomain_accuracy(metrics: dict, benchmark: CSLBenchmark) -> dict[str, float]:
-    prefix = "Top1_Acc_Exp/eval_phase/test_stream/Exp"
-    return {
-        name: metrics[f"{prefix}{index:03d}"]
-        for index, name in enumerate(benchmark.subdomain_names())
-    }

@@ -28,24 +28,24 @@ from csl_avalanche.class_incremental import (
 )
 from csl_avalanche.cosupervision import pgr, pgr_note
 from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.experiment import (
-    STRATEGIES,
-    STREAM_ACCURACY,
-    _common_kwargs,
-    _evaluator,
-    _loss_kwargs,
-    _make_strategy,
-    _plugins,
-    _student,
-    _subdomain_accuracy,
-    hierarchy_entry,
-    seed_everything,
-)
+from csl_avalanche.experiment import hierarchy_entry
 from csl_avalanche.metrics import ArrivalAccuracyMetric, PGRMetric, SubdomainForgettingMetric
 from csl_avalanche.plugins.continual import build_continual_plugins
 from csl_avalanche.resume import RunProgress
 from csl_avalanche.settings import check_arrivals_against_data
 from csl_avalanche.strategies import GroundTruthCeiling
+from csl_avalanche.strategy_setup import (
+    STRATEGIES,
+    STREAM_ACCURACY,
+    loss_kwargs,
+    make_evaluator,
+    make_strategy,
+    run_plugins,
+    seed_everything,
+    student_model,
+    subdomain_accuracy,
+    training_kwargs,
+)
 
 log = logging.getLogger(__name__)
 GROUND_TRUTH = "ground_truth"
@@ -110,7 +110,7 @@ class ClassIncrementalRun:
                 "subdomain": group[0].subdomain,
                 **_pgr_entry(metrics[STREAM_ACCURACY], strategy, weak, ceiling, reference),
                 **metric.summary(),
-                "subdomain_accuracy": _subdomain_accuracy(metrics, benchmark),
+                "subdomain_accuracy": subdomain_accuracy(metrics, benchmark),
                 "subdomain_forgetting": metric.result(),
                 **_last_phase_statistics(strategy, arrival),
             }
@@ -128,7 +128,7 @@ class ClassIncrementalRun:
         joint.strategy.reinit_student = True
         joint.plugins = {}
         seed_everything(int(joint.seed))
-        strategy = _make_strategy(
+        strategy = make_strategy(
             joint,
             benchmark,
             device,
@@ -147,14 +147,14 @@ class ClassIncrementalRun:
         student as the ceiling does, with the configured plugins."""
         cfg = self.cfg
         if self.strategy_name != GROUND_TRUTH:
-            return _make_strategy(cfg, benchmark, device, run_dir, pgr_metric, metric)
+            return make_strategy(cfg, benchmark, device, run_dir, pgr_metric, metric)
         plugins = build_continual_plugins(OmegaConf.to_container(cfg.plugins))
         return GroundTruthCeiling(
-            model=_student(cfg, benchmark),
-            evaluator=_evaluator(cfg, run_dir / "tb" / GROUND_TRUTH, pgr_metric, metric),
-            plugins=_plugins(cfg, GROUND_TRUTH) + plugins,
-            **_loss_kwargs(cfg),
-            **_common_kwargs(cfg, device),
+            model=student_model(cfg, benchmark),
+            evaluator=make_evaluator(cfg, run_dir / "tb" / GROUND_TRUTH, pgr_metric, metric),
+            plugins=run_plugins(cfg, GROUND_TRUTH) + plugins,
+            **loss_kwargs(cfg),
+            **training_kwargs(cfg, device),
         )
 
     def _results(self, progress, weak, ceiling, metric, strategy, device) -> dict:

@@ -25,7 +25,7 @@ from csl_avalanche.auto_hierarchy import AUTO, LEVELS_KEY, check_sizes
 from csl_avalanche.confidence_loss import LOSSES
 from csl_avalanche.errors import ConfigError, refuse
 
-STRATEGY_NAMES = ("csl", "w2s", "ground_truth")  # experiment.STRATEGIES, and ground truth
+STRATEGY_NAMES = ("csl", "w2s", "ground_truth")  # strategy_setup.STRATEGIES, and ground truth
 SCENARIOS = ("levels", "class_incremental")
 ARRIVAL_ORDERS = ("hierarchy", "random")  # or a list of finest-subdomain positions
 RESULTS = "results.json"

@@ -125,9 +125,9 @@ SHIPPED_STRATEGIES = {
 
 
 def test_the_tables_name_what_the_code_builds():
-    from csl_avalanche.experiment import STRATEGIES
     from csl_avalanche.incremental_experiment import GROUND_TRUTH
     from csl_avalanche.plugins.continual import CONTINUAL_PLUGINS
+    from csl_avalanche.strategy_setup import STRATEGIES
 
     assert set(STRATEGY_NAMES) == {*STRATEGIES, GROUND_TRUTH}
     assert set(PLUGIN_SETTINGS) == set(CONTINUAL_PLUGINS)

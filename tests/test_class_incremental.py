@@ -384,7 +384,7 @@ def test_a_run_that_crashed_in_arrival_2_resumes_with_the_same_results(
 ):
     _, overrides, expected = csl_run
     cache = csl_run[0] / "cache"
-    calls, accuracy_of = [], incremental._subdomain_accuracy
+    calls, accuracy_of = [], incremental.subdomain_accuracy
 
     def crash_at_arrival_2(metrics, benchmark):
         calls.append(1)
@@ -392,7 +392,7 @@ def test_a_run_that_crashed_in_arrival_2_resumes_with_the_same_results(
             raise RuntimeError("simulated crash")
         return accuracy_of(metrics, benchmark)
 
-    monkeypatch.setattr(incremental, "_subdomain_accuracy", crash_at_arrival_2)
+    monkeypatch.setattr(incremental, "subdomain_accuracy", crash_at_arrival_2)
     run_dir = tmp_path / "run"
     crashed = cli(run_dir, *overrides, "plugins=[replay]", cache_dir=cache)
     assert crashed.code != 0 and "simulated crash" in crashed.err

@@ -55,7 +55,7 @@ def test_a_run_that_crashed_in_level_2_resumes_with_the_same_results(
     # Crash once level 2 is trained and evaluated (its metrics are in TensorBoard), before its
     # checkpoint: the checkpoint holds the ceiling and levels 0-1.
     calls = []
-    accuracy_of = experiment._subdomain_accuracy
+    accuracy_of = experiment.subdomain_accuracy
 
     def crash_at_level_2(metrics, benchmark):
         calls.append(1)
@@ -63,7 +63,7 @@ def test_a_run_that_crashed_in_level_2_resumes_with_the_same_results(
             raise RuntimeError("simulated crash")
         return accuracy_of(metrics, benchmark)
 
-    monkeypatch.setattr(experiment, "_subdomain_accuracy", crash_at_level_2)
+    monkeypatch.setattr(experiment, "subdomain_accuracy", crash_at_level_2)
     run_dir = tmp_path / "run"
     crashed = cli(run_dir, *overrides, cache_dir=cache)
     assert crashed.code != 0 and "simulated crash" in crashed.err
