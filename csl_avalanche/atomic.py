@@ -1,8 +1,11 @@
 """Atomic file writes: a kill or a full disk never leaves a half-written file under its name.
 
-The content goes to `<name>.tmp<pid>` beside the target, is flushed to disk, then renamed over
-the target, so readers see the old file or the new one. A failed write removes its temporary
-file; `remove_stale_temporaries` removes those of processes that were killed while writing.
+The content goes to `<name>.tmp<pid>@<host>` beside the target, is flushed to disk, then renamed
+over the target, so readers see the old file or the new one. A failed write removes its
+temporary file; `remove_stale_temporaries` removes those of processes of this machine that were
+killed while writing. A folder shared between machines (NFS) keeps the temporary files of the
+other machines' writers: a process id says nothing about another machine, and removing a live
+writer's file would break its write.
 `save_in_place` writes a torch.save file whose large tensors are filled through a memory map,
 part by part, so that no such tensor is ever whole in memory.
 """
@@ -14,6 +17,7 @@ import math
 import mmap
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,13 +28,14 @@ import torch
 import torch.utils.serialization
 
 log = logging.getLogger(__name__)
-TEMPORARY = re.compile(r"\.tmp(\d+)$")
+# `.tmp<pid>@<host>`; a name without `@<host>` is an older version's, written on this machine.
+TEMPORARY = re.compile(r"\.tmp(?P<pid>\d+)(@(?P<host>[^/]+))?$")
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """`write(file)` fills the temporary file; then it is synced and renamed to `path`.
     Any error propagates after the temporary file is removed."""
-    tmp = _temporary(path)
+    tmp = temporary(path)
     try:
         with open(tmp, "wb") as file:
             write(file)
@@ -61,7 +66,7 @@ def save_in_place(path: Path, payload: Any, fill: Callable[[Any], None]) -> None
     file holds no CRC-32 checksums (the fill would invalidate them); torch does not check them
     when loading.
     """
-    tmp = _temporary(path)
+    tmp = temporary(path)
     try:
         zeros = _zeros_for(payload, path.parent)
         try:
@@ -102,18 +107,23 @@ def _zeros_for(value: Any, folder: Path) -> Any:
     return value
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp{os.getpid()}")
+def temporary(path: Path) -> Path:
+    """Where this process writes `path` before renaming it: `<name>.tmp<pid>@<host>`."""
+    return path.with_name(f"{path.name}.tmp{os.getpid()}@{socket.gethostname()}")
 
 
 def remove_stale_temporaries(root: Path) -> None:
-    """Delete the `*.tmp<pid>` files in `root` whose writing process no longer runs."""
+    """Delete the temporary files in `root` whose writing process, on this machine, no longer
+    runs (those of other machines are left to them)."""
     try:
-        candidates = [path for path in root.iterdir() if TEMPORARY.search(path.name)]
+        candidates = [(path, TEMPORARY.search(path.name)) for path in root.iterdir()]
     except OSError:  # no folder yet (or not a folder: the first write says so)
         return
-    for path in candidates:
-        if not _process_alive(int(TEMPORARY.search(path.name).group(1))):
+    host = socket.gethostname()
+    for path, match in candidates:
+        if match is None or match["host"] not in (None, host):
+            continue
+        if not _process_alive(int(match["pid"])):
             log.info("removing %s, left by a run that was stopped while writing", path)
             path.unlink(missing_ok=True)
 

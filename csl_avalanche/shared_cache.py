@@ -11,7 +11,6 @@ process, SharedTensorCache is TensorCache.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from csl_avalanche.atomic import Blank
+from csl_avalanche.atomic import Blank, temporary
 from csl_avalanche.cache import TensorCache
 from csl_avalanche.distributed import (
     all_ranks,
@@ -104,8 +103,8 @@ class SharedTensorCache(TensorCache):
             if is_main():
                 own.append(value)
                 return None
-            # A `.tmp<pid>` name: removed like any temporary file if this run is killed.
-            file = self.path(name, key).with_suffix(f".part{rank()}.tmp{os.getpid()}")
+            # A temporary name: removed like any temporary file if this run is killed.
+            file = temporary(self.path(name, key).with_suffix(f".part{rank()}"))
             self._write(file, {"key": key, "value": value})
             return file
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -387,13 +388,17 @@ def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path):
         text=True,
         check=True,
     )
-    stale = tmp_path / f"teacher-probs-abc.tmp{int(dead.stdout)}"
-    live = tmp_path / f"embeddings-def.tmp{os.getpid()}"
+    pid, host = int(dead.stdout), socket.gethostname()
+    stale = tmp_path / f"teacher-probs-abc.tmp{pid}@{host}"
+    stale_old_name = tmp_path / f"backbone-abc.tmp{pid}"  # before names carried the host
+    live = tmp_path / f"embeddings-def.tmp{os.getpid()}@{host}"
+    # On a folder shared between machines, another machine's writer cannot be judged by pid.
+    elsewhere = tmp_path / f"teachers-abc.tmp{pid}@another-host.cluster"
     kept = tmp_path / "embeddings-def.pt"
-    for path in (stale, live, kept):
+    for path in (stale, stale_old_name, live, elsewhere, kept):
         path.write_bytes(b"partial")
     TensorCache(tmp_path)
-    assert sorted(tmp_path.iterdir()) == sorted([live, kept])
+    assert sorted(tmp_path.iterdir()) == sorted([live, elsewhere, kept])
 
 
 # --- the checks themselves ---------------------------------------------------------------
