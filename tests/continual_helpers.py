@@ -20,7 +20,7 @@ SMALL_PLUGINS = {
 }
 
 
-def run_csl(
+def make_csl(
     features: FeatureSet,
     plugin_names: tuple[str, ...] = (),
     *,
@@ -28,12 +28,13 @@ def run_csl(
     reinit_student: bool = False,
     probes: tuple = (),
     epochs: int = 2,
-):
-    """Train every level, evaluating the test stream after each; returns (strategy, metric).
-    Seeded, so that the outcome does not depend on which tests ran before."""
+    **options,
+) -> tuple[CSLStrategy, SubdomainForgettingMetric]:
+    """A small seeded CSL strategy with the named anti-forgetting plugins (SMALL_PLUGINS) and
+    a forgetting metric; `options` go to CSLStrategy (e.g. loss=)."""
     torch.manual_seed(0)
-    benchmark = make_csl_benchmark(features)
-    forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
+    names = make_csl_benchmark(features).subdomain_names()
+    forgetting = SubdomainForgettingMetric(names)
     plugins = build_continual_plugins({name: SMALL_PLUGINS[name] for name in plugin_names})
     strategy = CSLStrategy(
         model=linear_probe(features.train_x.shape[1], features.num_classes),
@@ -48,7 +49,16 @@ def run_csl(
             accuracy_metrics(experience=True, stream=True), forgetting, loggers=[]
         ),
         plugins=[*plugins, *probes],
+        **options,
     )
+    return strategy, forgetting
+
+
+def run_csl(features: FeatureSet, plugin_names: tuple[str, ...] = (), **kwargs):
+    """Train every level, evaluating the test stream after each; returns (strategy, metric).
+    Seeded, so that the outcome does not depend on which tests ran before."""
+    strategy, forgetting = make_csl(features, plugin_names, **kwargs)
+    benchmark = make_csl_benchmark(features)
     for experience in benchmark.train_stream:
         strategy.train(experience, eval_streams=[])
         strategy.eval(benchmark.test_stream)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.training.plugins import EvaluationPlugin
+from continual_helpers import SMALL_PLUGINS, make_csl
 
 from csl_avalanche.benchmark import make_csl_benchmark
 from csl_avalanche.checkpoint import (
@@ -18,36 +17,10 @@ from csl_avalanche.checkpoint import (
     strategy_state,
     write_checkpoint,
 )
-from csl_avalanche.metrics import SubdomainForgettingMetric
-from csl_avalanche.models import linear_probe
-from csl_avalanche.plugins.continual import build_continual_plugins
-from csl_avalanche.strategies import CSLStrategy
-
-PLUGINS = {
-    "replay": {"mem_size": 40, "batch_size_mem": 8},
-    "ewc": {"ewc_lambda": 10.0},
-    "lwf": {"alpha": 1.0, "temperature": 2.0},
-}
 
 
 def make_strategy(features, labels, loss):
-    torch.manual_seed(0)
-    forgetting = SubdomainForgettingMetric(make_csl_benchmark(features).subdomain_names())
-    return CSLStrategy(
-        model=linear_probe(features.train_x.shape[1], features.num_classes),
-        features=features,
-        labels=labels,
-        loss=loss,
-        reinit_student=False,
-        lr=0.01,
-        epochs=2,
-        batch_size=16,
-        device="cpu",
-        evaluator=EvaluationPlugin(
-            accuracy_metrics(experience=True, stream=True), forgetting, loggers=[]
-        ),
-        plugins=build_continual_plugins(PLUGINS),
-    )
+    return make_csl(features, tuple(SMALL_PLUGINS), labels=labels, loss=loss)[0]
 
 
 @pytest.mark.parametrize(("labels", "loss"), [("hard", "ce"), ("soft", "ce"), ("soft", "logconf")])
