@@ -64,19 +64,13 @@ class SharedTensorCache(TensorCache):
         base = super().get_or_compute
         if world_size() == 1:
             return base(name, key, compute, check=check, cause=cause)
-        path = self.path(name, key)
-        present = broadcast_object(path.exists() if is_main() else None)
+        present = self._present(name, key)
         if not present and isinstance(compute, Sharded) and compute.size >= world_size():
             main_only(self._require_writable)  # before any work, as TensorCache does
             compute = self._split(name, key, compute)
-        value = main_only(lambda: base(name, key, compute, check=check, cause=cause))
-        if is_main():
-            return value
-        if present:
-            self.hits += 1
-        else:
-            self.misses += 1
-        return self._load(path, key)
+        return self._by_main(
+            name, key, present, lambda: base(name, key, compute, check=check, cause=cause)
+        )
 
     def get_or_fill(
         self,
@@ -91,8 +85,28 @@ class SharedTensorCache(TensorCache):
         base = super().get_or_fill
         if world_size() == 1:
             return base(name, key, blanks, fill, check=check, cause=cause)
-        value = main_only(lambda: base(name, key, blanks, fill, check=check, cause=cause))
-        return value if is_main() else self._load(self.path(name, key), key)
+        return self._by_main(
+            name,
+            key,
+            self._present(name, key),
+            lambda: base(name, key, blanks, fill, check=check, cause=cause),
+        )
+
+    def _present(self, name: str, key: str) -> bool:
+        """Whether the entry exists, as rank 0 sees it (every rank gets the same answer)."""
+        return broadcast_object(self.path(name, key).exists() if is_main() else None)
+
+    def _by_main(self, name: str, key: str, present: bool, get: Callable[[], T]) -> T:
+        """Rank 0 gets the entry (`get`: a hit, or a miss it computes, checks and writes);
+        the others wait, count it as rank 0 did, then load what it wrote."""
+        value = main_only(get)
+        if is_main():
+            return value
+        if present:
+            self.hits += 1
+        else:
+            self.misses += 1
+        return self._load(self.path(name, key), key)
 
     def _split(self, name: str, key: str, sharded: Sharded[T]) -> Callable[[], T]:
         """Every rank computes its block now; returns what rank 0 then calls to join them."""
