@@ -109,7 +109,6 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         self.scale_epochs = scale_epochs
         self.chunk_size = chunk_size
         self.reassign_every = reassign_every
-        self.period: int | None = None  # the level's reassignment period, in its epochs
         self.stats: list[LevelStatistics] = []
 
     def state_dict(self) -> dict:
@@ -122,41 +121,26 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
     def before_train_dataset_adaptation(self, strategy, **kwargs) -> None:
         experience = strategy.experience  # a TeacherExperience: its teachers, owners, samples
         start = time.perf_counter()
-        samples = experience.samples
-        results = self._results(strategy, experience)
-        keep = cs.select_kept(results)
-        keep_rate = keep.float().mean().item()
-        self._check_enough(keep, strategy.train_mb_size, experience.label)
-
-        epochs = strategy.base_epochs
-        if self.scale_epochs:
-            epochs = cs.scaled_epochs(epochs, keep_rate)
-        strategy.train_epochs = epochs
-        if self.reassign_every is not None and experience.routed:
-            every = self.reassign_every
-            self.period = cs.scaled_epochs(every, keep_rate) if self.scale_epochs else every
-        else:
-            self.period = None
-        experience.dataset = self._kept(samples, results, keep)
-        stats = self._statistics(experience, results, keep, epochs, start)
+        results, keep = self._relabel(strategy, experience, experience.label)
+        strategy.train_epochs = self._scaled(strategy.base_epochs, keep.float().mean().item())
+        stats = self._statistics(experience, results, keep, strategy.train_epochs, start)
         self.stats.append(stats)
         experience.level_statistics = stats
 
     def before_training_epoch(self, strategy, **kwargs) -> None:
         """`reassign_every`: the E-step and the selection again, with the student as it is
-        now, every `period` epochs; the rest of the level trains on the new kept samples."""
-        epoch = strategy.clock.train_exp_epochs
-        if self.period is None or epoch == 0 or epoch % self.period:
+        now, every `reassign_every` epochs (scaled like the level's epochs by its first keep
+        rate); the rest of the level trains on the new kept samples."""
+        experience, epoch = strategy.experience, strategy.clock.train_exp_epochs
+        if self.reassign_every is None or not experience.routed or epoch == 0:
             return
-        experience = strategy.experience
+        first = self.stats[-1]  # the level's first pass
+        if epoch % self._scaled(self.reassign_every, first.keep_rate):
+            return
         start = time.perf_counter()
-        results = self._results(strategy, experience)
-        keep = cs.select_kept(results)
-        self._check_enough(keep, strategy.train_mb_size, f"{experience.label}, epoch {epoch}")
-        experience.dataset = self._kept(experience.samples, results, keep)
+        results, keep = self._relabel(strategy, experience, f"{experience.label}, epoch {epoch}")
         strategy.replace_training_data(experience.dataset)
         again = self._statistics(experience, results, keep, strategy.train_epochs, start)
-        first = self.stats[-1]
         record = {"epoch": epoch, **{k: v for k, v in again.as_dict().items() if k in PASS_FIELDS}}
         self.stats[-1] = replace(
             first,
@@ -165,14 +149,24 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         )
         experience.level_statistics = self.stats[-1]
 
-    def _kept(self, samples, results: cs.SampleResults, keep: torch.Tensor):
-        """The kept samples with their labels (rows of the pool's tensors, not a copy)."""
-        return labelled_dataset(
-            pool_inputs(self.features, samples),
+    def _scaled(self, epochs: int, keep_rate: float) -> int:
+        """int(epochs / keep_rate) under `scale_epochs`, else `epochs`."""
+        return cs.scaled_epochs(epochs, keep_rate) if self.scale_epochs else epochs
+
+    def _relabel(self, strategy, experience, label: str) -> tuple[cs.SampleResults, torch.Tensor]:
+        """One pass: the E-step, the selection (at least a batch kept, or an error naming
+        `label`), and the experience's dataset replaced by the kept, relabelled samples (rows
+        of the pool's tensors, not a copy). Returns the results and the kept mask."""
+        results = self._results(strategy, experience)
+        keep = cs.select_kept(results)
+        self._check_enough(keep, strategy.train_mb_size, label)
+        experience.dataset = labelled_dataset(
+            pool_inputs(self.features, experience.samples),
             results.labels,
             results.soft,
             rows=keep.nonzero().flatten(),
         )
+        return results, keep
 
     def _results(self, strategy, experience) -> cs.SampleResults:
         """The E-step's per-sample results over the experience's samples; under torchrun each
