@@ -16,18 +16,26 @@ import pytest
 import torch
 
 from csl_avalanche.data.features import FeatureSet
+from csl_avalanche.hierarchy import Hierarchy
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_feature_set(
-    n: int = 240, m: int = 120, d: int = 8, c: int = 4, seed: int = 0, noise: float = 0.25
+    n: int = 240,
+    m: int = 120,
+    d: int = 8,
+    c: int = 4,
+    seed: int = 0,
+    noise: float = 0.25,
+    hierarchy: list[list[list[int]]] | None = None,
 ) -> FeatureSet:
-    """Separable Gaussian clusters with a 1 -> 2 hierarchy over 4 classes.
-
-    The generalist is right on 60% of samples; each specialist on 90% of its own classes.
-    """
+    """Separable Gaussian clusters with a hierarchy of teachers over `c` classes (default: 1 -> 2,
+    the classes' two halves). The generalist is right on 60% of samples; each other teacher on
+    90% of its own classes (and says one of its own classes otherwise)."""
+    hierarchy = hierarchy or [[list(range(c))], [list(range(c // 2)), list(range(c // 2, c))]]
+    levels, subdomains = Hierarchy(hierarchy, c).teacher_lists()
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(c, d, generator=g) * 3
 
@@ -35,40 +43,44 @@ def make_feature_set(
         y = torch.arange(k) % c
         return centers[y] + noise * torch.randn(k, d, generator=g), y
 
-    train_x, train_y = draw(n)
-    test_x, test_y = draw(m)
-    subdomains = [list(range(c)), [0, 1], [2, 3]]
-
-    def teacher_probs(y, classes, accuracy):
-        k = len(y)
-        probs = torch.full((k, c), 0.0)
-        right = torch.rand(k, generator=g) < accuracy
-        wrong = torch.tensor(classes)[torch.randint(len(classes), (k,), generator=g)]
-        label = torch.where(right, y, wrong)
-        probs[torch.arange(k), label] = 0.7
-        for cls in classes:
-            probs[:, cls] += 0.3 / len(classes)
+    def teacher(y, classes, accuracy):
+        right = torch.rand(len(y), generator=g) < accuracy
+        wrong = torch.tensor(classes)[torch.randint(len(classes), (len(y),), generator=g)]
+        probs = torch.zeros(len(y), c)
+        probs[torch.arange(len(y)), torch.where(right, y, wrong)] = 0.7
+        probs[:, classes] += 0.3 / len(classes)
         return probs / probs.sum(1, keepdim=True)
 
-    def all_teachers(y):
+    def teachers(y):
         return torch.stack(
-            [
-                teacher_probs(y, subdomains[0], 0.6),
-                teacher_probs(y, subdomains[1], 0.9),
-                teacher_probs(y, subdomains[2], 0.9),
-            ]
+            [teacher(y, sub, 0.6 if i == 0 else 0.9) for i, sub in enumerate(subdomains)]
         )
 
+    (train_x, train_y), (test_x, test_y) = draw(n), draw(m)
     return FeatureSet(
         train_x=train_x,
         train_y=train_y,
         test_x=test_x,
         test_y=test_y,
-        teacher_train_probs=all_teachers(train_y),
-        teacher_test_probs=all_teachers(test_y),
-        levels=[[0], [1, 2]],
+        teacher_train_probs=teachers(train_y),
+        teacher_test_probs=teachers(test_y),
+        levels=levels,
         subdomains=subdomains,
     ).validate()
+
+
+def crash_on_call(monkeypatch, module, name: str, call: int) -> None:
+    """Make `module.name` raise RuntimeError("simulated crash") at its `call`-th call (from 1),
+    and behave as before otherwise: a run killed at a chosen point, in-process."""
+    original, calls = getattr(module, name), []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, crashing)
 
 
 @pytest.fixture

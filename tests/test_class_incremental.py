@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import assert_clean_error, cli
+from conftest import assert_clean_error, cli, crash_on_call, make_feature_set
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import csl_avalanche.incremental_experiment as incremental
@@ -41,39 +41,7 @@ FINEST = [3, 4, 5]
 def six_class_features(n: int = 360, m: int = 180, seed: int = 0) -> FeatureSet:
     """Separable clusters; the generalist is right on 60% of samples, each other teacher on 90%
     of its own classes (and says one of its own classes otherwise)."""
-    g = torch.Generator().manual_seed(seed)
-    c, d = 6, 8
-    centers = torch.randn(c, d, generator=g) * 3
-    subdomains = [sub for level in LEVELS for sub in level]
-
-    def draw(k):
-        y = torch.arange(k) % c
-        return centers[y] + 0.25 * torch.randn(k, d, generator=g), y
-
-    def teacher(y, classes, accuracy):
-        right = torch.rand(len(y), generator=g) < accuracy
-        wrong = torch.tensor(classes)[torch.randint(len(classes), (len(y),), generator=g)]
-        probs = torch.zeros(len(y), c)
-        probs[torch.arange(len(y)), torch.where(right, y, wrong)] = 0.7
-        probs[:, classes] += 0.3 / len(classes)
-        return probs / probs.sum(1, keepdim=True)
-
-    def teachers(y):
-        return torch.stack(
-            [teacher(y, sub, 0.6 if i == 0 else 0.9) for i, sub in enumerate(subdomains)]
-        )
-
-    (train_x, train_y), (test_x, test_y) = draw(n), draw(m)
-    return FeatureSet(
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
-        teacher_train_probs=teachers(train_y),
-        teacher_test_probs=teachers(test_y),
-        levels=[[0], [1, 2], [3, 4, 5]],
-        subdomains=subdomains,
-    ).validate()
+    return make_feature_set(n, m, c=6, seed=seed, hierarchy=LEVELS)
 
 
 @pytest.fixture(scope="module")
@@ -384,15 +352,7 @@ def test_a_run_that_crashed_in_arrival_2_resumes_with_the_same_results(
 ):
     _, overrides, expected = csl_run
     cache = csl_run[0] / "cache"
-    calls, accuracy_of = [], incremental.subdomain_accuracy
-
-    def crash_at_arrival_2(metrics, benchmark):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return accuracy_of(metrics, benchmark)
-
-    monkeypatch.setattr(incremental, "subdomain_accuracy", crash_at_arrival_2)
+    crash_on_call(monkeypatch, incremental, "subdomain_accuracy", 3)  # at arrival 2
     run_dir = tmp_path / "run"
     crashed = cli(run_dir, *overrides, "plugins=[replay]", cache_dir=cache)
     assert crashed.code != 0 and "simulated crash" in crashed.err

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 from avalanche.logging import TensorboardLogger
-from conftest import CLI_ENV, assert_clean_error, cli, cli_command, run_cli
+from conftest import CLI_ENV, assert_clean_error, cli, cli_command, crash_on_call, run_cli
 from omegaconf import OmegaConf
 
 import csl_avalanche.experiment as experiment
@@ -55,16 +55,7 @@ def test_a_run_that_crashed_in_level_2_resumes_with_the_same_results(
 
     # Crash once level 2 is trained and evaluated (its metrics are in TensorBoard), before its
     # checkpoint: the checkpoint holds the ceiling and levels 0-1.
-    calls = []
-    accuracy_of = experiment.subdomain_accuracy
-
-    def crash_at_level_2(metrics, benchmark):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return accuracy_of(metrics, benchmark)
-
-    monkeypatch.setattr(experiment, "subdomain_accuracy", crash_at_level_2)
+    crash_on_call(monkeypatch, experiment, "subdomain_accuracy", 3)  # at level 2
     run_dir = tmp_path / "run"
     crashed = cli(run_dir, *overrides, cache_dir=cache)
     assert crashed.code != 0 and "simulated crash" in crashed.err
