@@ -6,12 +6,12 @@ pool, the level's teachers), or a phase of a class-incremental arrival (the arri
 the teachers that have arrived). Before its dataset is adapted, the plugin runs the previous
 student and the experience's teachers over its samples, a chunk of rows at a time on the
 strategy's device, assigns teachers, builds hard or soft targets, selects the kept samples, and
-replaces the experience's dataset with the kept, relabelled samples (rows of the pool's
-tensors, not a copy), so everything downstream (the loader, replay buffers, EWC's Fisher
-pass) sees teacher labels only. The experience is the strategy's copy (CSLStrategy trains on
-`experience.logging()` copies), never the benchmark's stream. Under torchrun each process runs
-the E-step on its own block of the samples; the per-sample results are gathered and every
-process selects the same kept set.
+replaces the experience's dataset with the kept, relabelled samples (for a level, rows of the
+pool's tensors, not a copy; an arrival's inputs are gathered once per pass), so everything
+downstream (the loader, replay buffers, EWC's Fisher pass) sees teacher labels only. The
+experience is the strategy's copy (CSLStrategy trains on `experience.logging()` copies), never
+the benchmark's stream. Under torchrun each process runs the E-step on its own block of the
+samples; the per-sample results are gathered and every process selects the same kept set.
 
 Ground truth: only the `oracle` rule is given the pool's true classes (or domains); the level's
 diagnostics (LevelStatistics) read them separately, after the labels are fixed.
@@ -155,8 +155,8 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
 
     def _relabel(self, strategy, experience, label: str) -> tuple[cs.SampleResults, torch.Tensor]:
         """One pass: the E-step, the selection (at least a batch kept, or an error naming
-        `label`), and the experience's dataset replaced by the kept, relabelled samples (rows
-        of the pool's tensors, not a copy). Returns the results and the kept mask."""
+        `label`), and the experience's dataset replaced by the kept, relabelled samples (see the
+        module doc). Returns the results and the kept mask."""
         results = self._results(strategy, experience)
         keep = cs.select_kept(results)
         self._check_enough(keep, strategy.train_mb_size, label)
