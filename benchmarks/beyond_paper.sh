@@ -29,5 +29,5 @@ variant hierarchy/auto benchmark.hierarchy=auto 'benchmark.auto_levels=[2,5]'
 if [ "$benchmark" != digits ]; then  # digits' hand-picked hierarchy is contiguous blocks
   variant hierarchy/contiguous "$contiguous"
 fi
-python -m csl_avalanche.report "$out/options"
-python -m csl_avalanche.report "$out/hierarchy"
+python -m csl_avalanche.evaluation.report "$out/options"
+python -m csl_avalanche.evaluation.report "$out/hierarchy"

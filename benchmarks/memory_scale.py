@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from csl_avalanche.atomic import Blank, save_in_place
-from csl_avalanche.hierarchy import Hierarchy
+from csl_avalanche.core.hierarchy import Hierarchy
+from csl_avalanche.storage.atomic import Blank, save_in_place
 
 DIM, CLASSES, BLOCKS = 384, 1000, [1, 2, 4, 8]
 ROWS = 8192  # rows generated at a time

@@ -1,7 +1,7 @@
 """Data-parallel runs under torchrun: which process this is, and how the processes agree.
 
 `torchrun --nproc_per_node=P -m csl_avalanche.run ...` starts P processes (ranks) on one
-machine; `csl_avalanche.launch` joins them into one process group through Avalanche's
+machine; `csl_avalanche.experiments.launch` joins them into one process group through Avalanche's
 `DistributedHelper` (gloo on CPU, nccl on CUDA). With one process every helper here runs its
 function directly and communicates nothing, so a plain run is unchanged.
 
@@ -24,7 +24,7 @@ from avalanche.distributed import DistributedHelper
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.core.errors import ConfigError
 
 T = TypeVar("T")
 

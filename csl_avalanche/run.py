@@ -16,8 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from csl_avalanche.errors import ConfigError, refuse
-from csl_avalanche.settings import check_settings
+from csl_avalanche.core.errors import ConfigError, refuse
+from csl_avalanche.experiments.settings import check_settings
 
 # avalanche-lib imports qpsolvers, which warns about solvers that only GEM-style plugins use.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
@@ -99,7 +99,7 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         check_settings(cfg)
-        from csl_avalanche.experiment import run_experiment  # Avalanche: seconds to import
+        from csl_avalanche.experiments.runner import run_experiment  # Avalanche: seconds to import
 
         results = run_experiment(cfg, run_dir)
     except ConfigError as err:  # its message says what to fix: no traceback

@@ -13,9 +13,9 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from csl_avalanche import distributed
-from csl_avalanche.confidence_loss import LOSSES, logconf_loss, logconf_weight
-from csl_avalanche.cosupervision import LABEL_KINDS
-from csl_avalanche.loader import InMemoryBatchLoader
+from csl_avalanche.core.confidence_loss import LOSSES, logconf_loss, logconf_weight
+from csl_avalanche.core.cosupervision import LABEL_KINDS
+from csl_avalanche.training.loader import InMemoryBatchLoader
 
 
 class StudentTemplate(SupervisedTemplate):
@@ -29,7 +29,7 @@ class StudentTemplate(SupervisedTemplate):
     gathered from tensors on the training device; an ImageStudent augments each batch itself).
 
     `loss="logconf"` trains on (1 - w) * CE(teacher target) + w * CE(the student's own
-    class-balanced hardened prediction) (csl_avalanche.confidence_loss), w ramped from 0 to
+    class-balanced hardened prediction) (csl_avalanche.core.confidence_loss), w ramped from 0 to
     `logconf_alpha` over the first `logconf_warmup` fraction of each experience's steps; the
     ramp is read off the clock, so a resumed run takes the same weights. `loss="ce"` (and
     evaluation) is plain cross-entropy.
@@ -121,7 +121,7 @@ class StudentTemplate(SupervisedTemplate):
                 f"probability vector over the {classes} classes (column 2 a floating "
                 f"[{batch}, {classes}] batch); got a {len(self.mbatch)}-column batch whose "
                 f"column 2 is {got}: build the datasets with soft targets "
-                "(csl_avalanche.benchmark.labelled_dataset) or train with labels='hard'"
+                "(csl_avalanche.benchmarks.streams.labelled_dataset) or train with labels='hard'"
             )
         column = column.float()
         if self.clock.train_exp_iterations == 0:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.hierarchy import Hierarchy
+from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.core.hierarchy import Hierarchy
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 REPO = Path(__file__).resolve().parents[1]

@@ -6,12 +6,12 @@ import torch
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.metrics import SubdomainForgettingMetric
-from csl_avalanche.models import linear_probe
-from csl_avalanche.plugins.continual import build_continual_plugins
+from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.evaluation.metrics import SubdomainForgettingMetric
+from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.strategies import CSLStrategy
+from csl_avalanche.training.plugins.continual import build_continual_plugins
 
 SMALL_PLUGINS = {
     "replay": {"mem_size": 40, "batch_size_mem": 8},

@@ -9,9 +9,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.cache import TensorCache
-from csl_avalanche.data.registry import build_features
+from csl_avalanche.benchmarks.registry import build_features
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.storage.cache import TensorCache
 
 
 def compose_config(*overrides: str) -> DictConfig:

@@ -11,19 +11,19 @@ import torch
 from conftest import assert_clean_error, cli, make_feature_set
 from hydra import compose, initialize_config_module
 
-from csl_avalanche.auto_hierarchy import (
+from csl_avalanche.benchmarks.features import FeaturesFileError, load_features, save_features
+from csl_avalanche.benchmarks.pipeline import SplitData
+from csl_avalanche.benchmarks.sources import digits
+from csl_avalanche.core.clustering import (
     class_affinity,
     confusion_matrix,
     hierarchy_from_confusion,
     merged_confusion,
     nested_groups,
 )
-from csl_avalanche.cache import TensorCache
-from csl_avalanche.data import digits
-from csl_avalanche.data.features import FeaturesFileError, load_features, save_features
-from csl_avalanche.data.pipeline import SplitData
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.hierarchy import Hierarchy
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.hierarchy import Hierarchy
+from csl_avalanche.storage.cache import TensorCache
 
 TINY = ["teacher.steps=30", "student.pretrain.steps=30", "strategy.epochs=1"]
 AUTO = ["benchmark.hierarchy=auto", "benchmark.auto_levels=[2,5]"]
@@ -250,7 +250,7 @@ def test_more_subdomains_than_classes_are_refused_before_training(tmp_path):
 
 
 def test_class_names_travel_through_a_features_file_into_hierarchy_names(tmp_path):
-    from csl_avalanche.experiment import hierarchy_entry
+    from csl_avalanche.experiments.runner import hierarchy_entry
 
     named = dataclasses.replace(make_feature_set(), class_names=["a", "b", "c", "d"])
     save_features(named, tmp_path / "f.pt")

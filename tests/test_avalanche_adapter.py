@@ -12,7 +12,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from csl_avalanche.avalanche_adapter import (
+from csl_avalanche.benchmarks.avalanche_adapter import (
     AvalancheAdapterError,
     avalanche_hierarchy,
     csl_benchmark_from_avalanche,
@@ -20,10 +20,10 @@ from csl_avalanche.avalanche_adapter import (
     pairwise_groups,
     stream_tensors,
 )
-from csl_avalanche.cache import InvalidValueError, TensorCache
-from csl_avalanche.data.pipeline import Budget
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.models import linear_probe
+from csl_avalanche.benchmarks.pipeline import Budget
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.models.factories import linear_probe
+from csl_avalanche.storage.cache import InvalidValueError, TensorCache
 from csl_avalanche.strategies import CSLStrategy
 
 CLASS_ORDER = [3, 0, 5, 1, 2, 4]  # experiences {0, 3}, {1, 5}, {2, 4}

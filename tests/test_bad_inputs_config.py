@@ -23,10 +23,10 @@ from conftest import REPO, assert_clean_error, cli, make_feature_set
 from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from csl_avalanche.data.features import FeatureSet, save_features
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.report import main as report_main
-from csl_avalanche.settings import PLUGIN_SETTINGS, STRATEGY_NAMES, check_settings
+from csl_avalanche.benchmarks.features import FeatureSet, save_features
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.evaluation.report import main as report_main
+from csl_avalanche.experiments.settings import PLUGIN_SETTINGS, STRATEGY_NAMES, check_settings
 
 AUTO_2 = ["benchmark.hierarchy=auto", "benchmark.auto_levels=[2]"]
 # (overrides, phrases the one error line must contain)
@@ -125,9 +125,9 @@ SHIPPED_STRATEGIES = {
 
 
 def test_the_tables_name_what_the_code_builds():
-    from csl_avalanche.incremental_experiment import GROUND_TRUTH
-    from csl_avalanche.plugins.continual import CONTINUAL_PLUGINS
-    from csl_avalanche.strategy_setup import STRATEGIES
+    from csl_avalanche.experiments.class_incremental import GROUND_TRUTH
+    from csl_avalanche.experiments.strategy_setup import STRATEGIES
+    from csl_avalanche.training.plugins.continual import CONTINUAL_PLUGINS
 
     assert set(STRATEGY_NAMES) == {*STRATEGIES, GROUND_TRUTH}
     assert set(PLUGIN_SETTINGS) == set(CONTINUAL_PLUGINS)
@@ -264,7 +264,7 @@ def test_a_class_missing_from_the_pool_gives_no_pgr(tmp_path, features_file, sin
 
 
 def report(*argv: str):
-    """`python -m csl_avalanche.report ARGV` in this process: (exit code, stdout, stderr)."""
+    """`python -m csl_avalanche.evaluation.report ARGV` in this process: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -366,7 +366,7 @@ def test_the_real_command_refuses_a_bad_setting_in_seconds(tmp_path):
 
 def test_check_settings_is_also_the_library_entry_check(tmp_path):
     """run_experiment checks the settings itself: the Python API refuses what the CLI does."""
-    from csl_avalanche.experiment import run_experiment
+    from csl_avalanche.experiments.runner import run_experiment
 
     with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
         cfg = compose("config", ["strategy.batch_size=0"])

@@ -22,12 +22,12 @@ from test_fashion_mnist import write_fake_dataset
 from test_features_file import saved
 from test_image_benchmarks import TINY, write_class_tree
 
-from csl_avalanche.cache import CacheError, InvalidValueError, TensorCache
-from csl_avalanche.data import checks
-from csl_avalanche.data.checks import finite_fault, probability_fault
-from csl_avalanche.data.fashion_mnist import FILES
-from csl_avalanche.data.features import load_features
-from csl_avalanche.data.registry import build_features
+from csl_avalanche.benchmarks import checks
+from csl_avalanche.benchmarks.checks import finite_fault, probability_fault
+from csl_avalanche.benchmarks.features import load_features
+from csl_avalanche.benchmarks.registry import build_features
+from csl_avalanche.benchmarks.sources.fashion_mnist import FILES
+from csl_avalanche.storage.cache import CacheError, InvalidValueError, TensorCache
 
 NAN, INF = float("nan"), float("inf")
 BASE = make_feature_set()
@@ -318,7 +318,7 @@ def test_bad_cache_entry_names_its_file(tmp_path, digits_cache, entry, damage, p
 
 
 def test_a_diverged_backbone_is_refused_and_not_cached(tmp_path, monkeypatch):
-    import csl_avalanche.data.pipeline as pipeline
+    import csl_avalanche.benchmarks.pipeline as pipeline
 
     def diverge(model, *args, **kwargs):  # as a too-large learning rate would
         model = fit_classifier(model, *args, **kwargs)

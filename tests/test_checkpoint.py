@@ -6,8 +6,8 @@ import pytest
 import torch
 from continual_helpers import SMALL_PLUGINS, make_csl
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.checkpoint import (
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.training.checkpoint import (
     load_strategy_state,
     log_sizes,
     read_checkpoint,

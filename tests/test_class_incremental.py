@@ -13,22 +13,26 @@ import torch
 from conftest import assert_clean_error, cli, crash_on_call, make_feature_set
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import csl_avalanche.incremental_experiment as incremental
-from csl_avalanche import cosupervision as cs
-from csl_avalanche.class_incremental import (
+import csl_avalanche.experiments.class_incremental as incremental
+from csl_avalanche.benchmarks.arrivals import (
     Arrival,
     arrival_order,
     by_arrival,
     make_arrival_benchmark,
     plan_arrivals,
 )
-from csl_avalanche.data.features import FeatureSet, save_features
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.forgetting import average_accuracy, backward_transfer, forgetting_since_arrival
-from csl_avalanche.loader import materialize
-from csl_avalanche.plugins.cosupervision import CoSupervisionPlugin
-from csl_avalanche.resume import CHECKPOINT
+from csl_avalanche.benchmarks.features import FeatureSet, save_features
+from csl_avalanche.core import cosupervision as cs
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.forgetting import (
+    average_accuracy,
+    backward_transfer,
+    forgetting_since_arrival,
+)
+from csl_avalanche.experiments.resume import CHECKPOINT
 from csl_avalanche.strategies import CSLStrategy, WeakToStrong
+from csl_avalanche.training.loader import materialize
+from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
@@ -124,9 +128,9 @@ def test_an_avalanche_class_incremental_benchmark_arrives_experience_by_experien
     in the benchmark's order (`scenario.order=hierarchy`)."""
     from test_avalanche_adapter import linear_teacher, mlp, split_benchmark
 
-    from csl_avalanche.avalanche_adapter import features_from_avalanche
-    from csl_avalanche.cache import TensorCache
-    from csl_avalanche.data.pipeline import Budget
+    from csl_avalanche.benchmarks.avalanche_adapter import features_from_avalanche
+    from csl_avalanche.benchmarks.pipeline import Budget
+    from csl_avalanche.storage.cache import TensorCache
 
     bench = split_benchmark()
     adapted = features_from_avalanche(

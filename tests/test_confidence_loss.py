@@ -1,4 +1,4 @@
-"""The auxiliary confidence loss (csl_avalanche.confidence_loss) on cases computed by hand and
+"""The auxiliary confidence loss (csl_avalanche.core.confidence_loss) on cases computed by hand and
 against a pair-by-pair reading of the greedy rule; then in the strategies (its ramp over each
 level's steps) and on the command line (alpha 0 is plain cross-entropy; every strategy, both
 label kinds, the class-incremental scenario, the continual plugins)."""
@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from conftest import cli, make_feature_set
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.confidence_loss import (
+from csl_avalanche.benchmarks.features import save_features
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.core.confidence_loss import (
     hardened_labels,
     logconf_loss,
     logconf_weight,
     teacher_classes,
 )
-from csl_avalanche.data.features import save_features
-from csl_avalanche.models import linear_probe
-from csl_avalanche.plugins.continual import build_continual_plugins
+from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.strategies import CSLStrategy
+from csl_avalanche.training.plugins.continual import build_continual_plugins
 
 
 def greedy_by_pairs(probs: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 from continual_helpers import run_csl
 
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.plugins.continual import build_continual_plugins
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.training.plugins.continual import build_continual_plugins
 
 
 class WeightProbe(SupervisedPlugin):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from csl_avalanche import cosupervision as cs
+from csl_avalanche.core import cosupervision as cs
 
 
 def probs(*rows):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from csl_avalanche.atomic import Blank
-from csl_avalanche.cache import CacheError, InvalidValueError, TensorCache, fingerprint
-from csl_avalanche.data.checks import finite_fault
-from csl_avalanche.data.digits import digits_features, load_digits_tensors
-from csl_avalanche.data.splits import stratified_split
+from csl_avalanche.benchmarks.checks import finite_fault
+from csl_avalanche.benchmarks.sources.digits import digits_features, load_digits_tensors
+from csl_avalanche.benchmarks.splits import stratified_split
+from csl_avalanche.storage.atomic import Blank
+from csl_avalanche.storage.cache import CacheError, InvalidValueError, TensorCache, fingerprint
 
 FRACTIONS = {"pretrain": 0.2, "teachers": 0.25, "pool": 0.35, "test": 0.2}
 

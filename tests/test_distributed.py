@@ -16,14 +16,14 @@ from hydra import compose, initialize_config_module
 from results_checks import check_against_cached_features, compose_config
 from test_image_benchmarks import TINY, write_class_tree
 
-from csl_avalanche.cache import TensorCache
-from csl_avalanche.data.features import save_features
-from csl_avalanche.data.registry import build_features
+from csl_avalanche.benchmarks.features import save_features
+from csl_avalanche.benchmarks.registry import build_features
+from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.distributed import shard_rows
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.launch import quiet
-from csl_avalanche.loader import InMemoryBatchLoader, rank_share
-from csl_avalanche.shared_cache import Sharded, SharedTensorCache
+from csl_avalanche.experiments.launch import quiet
+from csl_avalanche.storage.cache import TensorCache
+from csl_avalanche.storage.shared_cache import Sharded, SharedTensorCache
+from csl_avalanche.training.loader import InMemoryBatchLoader, rank_share
 
 
 def test_shard_rows_cover_every_row_once_in_rank_order():
@@ -52,7 +52,7 @@ def test_rank_share_weights_make_the_ranks_step_one_process_step():
 
 
 def test_in_memory_loader_shares_are_one_process_batches(tiny_features):
-    from csl_avalanche.benchmark import labelled_dataset
+    from csl_avalanche.benchmarks.streams import labelled_dataset
 
     n = 45  # not a multiple of the batch nor of the ranks
     dataset = labelled_dataset(tiny_features.train_x[:n], torch.arange(n))

@@ -6,11 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.data.features import FeatureSet, FeaturesFileError, load_features, save_features
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.estep import level_results
-from csl_avalanche.plugins.cosupervision import CoSupervisionPlugin
+from csl_avalanche.benchmarks.features import (
+    FeatureSet,
+    FeaturesFileError,
+    load_features,
+    save_features,
+)
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.estep import level_results
+from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin
 
 
 def domain_feature_set(n: int = 40, m: int = 20, c: int = 3) -> FeatureSet:

@@ -8,10 +8,10 @@ import itertools
 import pytest
 import torch
 
-from csl_avalanche import cosupervision as cs
-from csl_avalanche.benchmark import generalist_routed_labels, make_csl_benchmark
-from csl_avalanche.data.features import FeatureSet, load_features, save_features
-from csl_avalanche.estep import SOFT_TARGET_DTYPE, aligned, chunk_rows, level_results
+from csl_avalanche.benchmarks.features import FeatureSet, load_features, save_features
+from csl_avalanche.benchmarks.streams import generalist_routed_labels, make_csl_benchmark
+from csl_avalanche.core import cosupervision as cs
+from csl_avalanche.core.estep import SOFT_TARGET_DTYPE, aligned, chunk_rows, level_results
 
 N, K, C = 53, 3, 7
 CHUNKS = (1, 5, 17, 52, 53, 100)  # most do not divide N
@@ -162,7 +162,7 @@ def test_default_labels_are_lazy_and_chunked(monkeypatch):
     benchmark = make_csl_benchmark(features)
     calls = []
     monkeypatch.setattr(
-        "csl_avalanche.benchmark.generalist_routed_labels",
+        "csl_avalanche.benchmarks.streams.generalist_routed_labels",
         lambda *args: calls.append(args) or generalist_routed_labels(*args),
     )
     experience = benchmark.train_stream[1]

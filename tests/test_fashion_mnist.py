@@ -17,16 +17,16 @@ import torch
 from conftest import run_cli
 from results_checks import check_against_cached_features
 
-from csl_avalanche.data import fashion_mnist
-from csl_avalanche.data.fashion_mnist import (
+from csl_avalanche.benchmarks.idx import IdxFormatError, read_idx, write_idx
+from csl_avalanche.benchmarks.sources import fashion_mnist
+from csl_avalanche.benchmarks.sources.fashion_mnist import (
     DEBIAN_DIR,
     FILES,
     DatasetNotFoundError,
     find_files,
     load_fashion_mnist,
 )
-from csl_avalanche.data.idx import IdxFormatError, read_idx, write_idx
-from csl_avalanche.errors import ConfigError
+from csl_avalanche.core.errors import ConfigError
 
 SIDE = 8
 

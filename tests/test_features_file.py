@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_feature_set, run_cli
 
-from csl_avalanche.data.features import FeaturesFileError, load_features, save_features
+from csl_avalanche.benchmarks.features import FeaturesFileError, load_features, save_features
 
 
 def saved(tmp_path, **changes):
@@ -89,7 +89,7 @@ def test_cli_trains_from_a_features_file(tmp_path):
 def test_loading_reads_every_value_once_and_keeps_teacher_outputs_compact(tmp_path, monkeypatch):
     """Each tensor is checked once, in its stored dtype; teacher outputs are not converted
     (a conversion would read the file a second time and hold a float32 copy in memory)."""
-    import csl_avalanche.data.features as module
+    import csl_avalanche.benchmarks.features as module
 
     features = make_feature_set()
     path = tmp_path / "features.pt"

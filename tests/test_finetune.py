@@ -11,10 +11,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from conftest import make_feature_set
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.data.features import FeaturesFileError, load_features, save_features
-from csl_avalanche.model_registry import create_model, image_student
-from csl_avalanche.models import ImageStudent, random_resized_crop_and_flip
+from csl_avalanche.benchmarks.features import FeaturesFileError, load_features, save_features
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.models.factories import ImageStudent, random_resized_crop_and_flip
+from csl_avalanche.models.registry import create_model, image_student
 from csl_avalanche.strategies import CSLStrategy
 
 pytestmark = pytest.mark.usefixtures("single_threaded")

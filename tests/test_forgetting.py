@@ -10,16 +10,16 @@ from avalanche.training.plugins import EvaluationPlugin
 from conftest import make_feature_set
 from continual_helpers import run_csl
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.forgetting import (
+from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.core.forgetting import (
     average_accuracy,
     backward_transfer,
     forgetting,
     forgetting_since_arrival,
 )
-from csl_avalanche.metrics import SubdomainForgettingMetric
-from csl_avalanche.models import linear_probe
+from csl_avalanche.evaluation.metrics import SubdomainForgettingMetric
+from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.strategies import CSLStrategy
 
 pytestmark = pytest.mark.usefixtures("single_threaded")

@@ -20,12 +20,12 @@ from conftest import make_feature_set
 from continual_helpers import SMALL_PLUGINS, run_csl
 from torch.utils.data import DataLoader
 
-from csl_avalanche.benchmark import make_csl_benchmark
-from csl_avalanche.class_incremental import by_arrival, make_arrival_benchmark
-from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.models import linear_probe
-from csl_avalanche.plugins.continual import build_continual_plugins
+from csl_avalanche.benchmarks.arrivals import by_arrival, make_arrival_benchmark
+from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling
+from csl_avalanche.training.plugins.continual import build_continual_plugins
 
 
 def ground_truth_apart_from_teachers() -> FeatureSet:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from csl_avalanche.hierarchy import Hierarchy, HierarchyError
+from csl_avalanche.core.hierarchy import Hierarchy, HierarchyError
 
 DIGITS = [
     [list(range(10))],

@@ -16,11 +16,11 @@ from conftest import REPO, run_cli
 from PIL import Image
 from results_checks import check_against_cached_features, compose_config
 
-from csl_avalanche.cache import TensorCache
-from csl_avalanche.data.image_features import TeacherHeadsError
-from csl_avalanche.data.images import DatasetError
-from csl_avalanche.data.registry import build_features
-from csl_avalanche.model_registry import create_model
+from csl_avalanche.benchmarks.image_features import TeacherHeadsError
+from csl_avalanche.benchmarks.images import DatasetError
+from csl_avalanche.benchmarks.registry import build_features
+from csl_avalanche.models.registry import create_model
+from csl_avalanche.storage.cache import TensorCache
 
 # Tiny models, tiny images, short budgets: only the plumbing is under test.
 TINY = [

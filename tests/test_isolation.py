@@ -14,11 +14,11 @@ from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from test_domain_subdomains import domain_feature_set
 from test_strategy import make_csl
 
-from csl_avalanche import cosupervision as cs
-from csl_avalanche.benchmark import labelled_dataset, make_csl_benchmark
-from csl_avalanche.data.features import FeatureSet
-from csl_avalanche.loader import materialize
+from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.streams import labelled_dataset, make_csl_benchmark
+from csl_avalanche.core import cosupervision as cs
 from csl_avalanche.strategies import StudentTemplate
+from csl_avalanche.training.loader import materialize
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from csl_avalanche import model_registry
-from csl_avalanche.model_registry import (
+from csl_avalanche.models import registry as model_registry
+from csl_avalanche.models.registry import (
     CheckpointError,
     PretrainedWeightsError,
     UnknownModelError,

@@ -12,7 +12,7 @@ from avalanche.core import SupervisedPlugin
 from conftest import cli
 from test_strategy import make_csl
 
-from csl_avalanche.benchmark import make_csl_benchmark
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
 
 
 class RecordEpochs(SupervisedPlugin):

@@ -1,4 +1,4 @@
-"""`python -m csl_avalanche.report`: grouping, statistics, plots, on a hand-written sweep and on
+"""`python -m csl_avalanche.evaluation.report`: grouping, statistics, plots, on a hand-written sweep and on
 a real (small) Hydra multirun over continual mode and plugins."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.report import load_variants, main, write_report
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.evaluation.report import load_variants, main, write_report
 
 PNG = b"\x89PNG"
 

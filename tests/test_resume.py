@@ -15,8 +15,8 @@ from avalanche.logging import TensorboardLogger
 from conftest import CLI_ENV, assert_clean_error, cli, cli_command, crash_on_call, run_cli
 from omegaconf import OmegaConf
 
-import csl_avalanche.experiment as experiment
-from csl_avalanche.resume import CHECKPOINT, compared_config, config_differences
+import csl_avalanche.experiments.runner as experiment
+from csl_avalanche.experiments.resume import CHECKPOINT, compared_config, config_differences
 
 FAST = ("strategy.epochs=3",)
 VARIANTS = {

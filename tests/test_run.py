@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import cli, make_feature_set, run_cli
 
-from csl_avalanche.cosupervision import pgr, pgr_note
-from csl_avalanche.data.digits import load_digits_tensors
-from csl_avalanche.data.features import save_features
-from csl_avalanche.data.pipeline import split_tensors
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.plugins.divergence import DivergencePlugin
+from csl_avalanche.benchmarks.features import save_features
+from csl_avalanche.benchmarks.pipeline import split_tensors
+from csl_avalanche.benchmarks.sources.digits import load_digits_tensors
+from csl_avalanche.core.cosupervision import pgr, pgr_note
+from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.run import pgr_warnings, summary_table
+from csl_avalanche.training.plugins.divergence import DivergencePlugin
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 
-from csl_avalanche import cosupervision as cs
-from csl_avalanche.benchmark import labelled_dataset, make_csl_benchmark
-from csl_avalanche.errors import ConfigError
-from csl_avalanche.loader import InMemoryBatchLoader, materialize
+from csl_avalanche.benchmarks.streams import labelled_dataset, make_csl_benchmark
+from csl_avalanche.core import cosupervision as cs
+from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling, WeakToStrong
+from csl_avalanche.training.loader import InMemoryBatchLoader, materialize
 
 
 class RecordLevel(SupervisedPlugin):

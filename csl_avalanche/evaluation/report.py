@@ -1,0 +1,396 @@
+"""`python -m csl_avalanche.evaluation.report DIR`: aggregate every run below DIR (a Hydra sweep or a run).
+
+Runs are grouped by configuration: the resolved config minus the seed and the settings that do
+not change results (the cache folder, progress bars). Each group becomes one row of a table
+with the mean and spread (sample standard deviation) over its seeds of the final accuracy, the
+PGR after each level and the final mean forgetting; the table goes to DIR/report.md and the
+console, with two plots: PGR per level per variant and each variant's mean accuracy matrix.
+Runs of `scenario=class_incremental` get a table of their own (final average accuracy, final
+mean forgetting, backward transfer, PGR, joint accuracy), their accuracy matrices (arrival x
+subdomain) and a plot of the average accuracy against arrivals, one line per configuration.
+
+A run whose PGR is null at a level (results.json's `pgr_note` says why) counts as n/a there:
+it is left out of that level's mean, and the cell says how many runs were n/a. A results.json
+that cannot be read, or lacks what the report needs, is skipped with a warning; it is an error
+only when no run is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from csl_avalanche.core.errors import ConfigError, refuse  # noqa: E402
+
+NOT_A_SETTING = ("seed", "cache_dir", "progress", "resume")  # differ between runs of one config
+PGR_PLOT = "pgr_per_level.png"
+MATRIX_PLOT = "accuracy_matrix.png"
+AVERAGE_ACCURACY_PLOT = "average_accuracy.png"
+ARRIVAL_MATRIX_PLOT = "arrival_accuracy_matrix.png"
+INCREMENTAL = "class_incremental"
+
+
+@dataclass
+class Variant:
+    """The runs (one per seed) of one configuration."""
+
+    settings: dict[str, str]  # flattened config, dotted keys
+    runs: list[dict] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(run["seed"] for run in self.runs)
+
+    def final_accuracy(self) -> list[float]:
+        return [run["levels"][-1]["student_accuracy"] for run in self.runs]
+
+    def pgr(self, level: int) -> list[float | None]:
+        """Each run's PGR at `level` (None: n/a), for the runs that have the level."""
+        return [run["levels"][level]["pgr"] for run in self.runs if level < len(run["levels"])]
+
+    def mean_forgetting(self) -> list[float]:
+        return [
+            run["levels"][-1]["mean_forgetting"]
+            for run in self.runs
+            if "mean_forgetting" in run["levels"][-1]
+        ]
+
+    def num_levels(self) -> int:
+        return max(len(run["levels"]) for run in self.runs)
+
+    @property
+    def scenario(self) -> str:
+        return self.runs[0].get("scenario", "levels")
+
+    def values(self, key: str) -> list[float | None]:
+        """A top-level number of every run (None: n/a), e.g. `final_average_accuracy`."""
+        return [run.get(key) for run in self.runs]
+
+    def average_accuracy(self, arrival: int) -> list[float]:
+        """Each run's average accuracy after `arrival`, for the runs that have it."""
+        return [
+            run["arrivals"][arrival]["average_accuracy"]
+            for run in self.runs
+            if arrival < len(run["arrivals"])
+        ]
+
+    def num_arrivals(self) -> int:
+        return max(len(run["arrivals"]) for run in self.runs)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys to printable values; `plugins` becomes `plugins=[a,b]` plus its knobs."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name == "plugins":
+            flat[name] = "[" + ",".join(value) + "]"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return flat
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Variant]:
+    """Every readable results.json below `root`, grouped by configuration, in first-seen path
+    order; `warn` (default: a `warning:` line on stderr) hears of each one skipped."""
+    if not root.is_dir():
+        fault = "is not a folder" if root.exists() else "does not exist"
+        raise ConfigError(f"{root} {fault}; give the folder of a run or of a sweep")
+    variants: dict[str, Variant] = {}
+    paths = sorted(root.rglob("results.json"), key=_natural)
+    for path in paths:
+        try:
+            run = read_run(path)
+        except ConfigError as err:
+            warn(f"skipping {err}")
+            continue
+        config = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
+        settings = flatten(config)
+        key = json.dumps(settings, sort_keys=True)
+        variants.setdefault(key, Variant(settings)).runs.append(run)
+    if not variants:
+        skipped = f" ({len(paths)} skipped, see the warnings)" if paths else ""
+        raise ConfigError(
+            f"no readable results.json below {root}{skipped}; give the folder of a run or of a "
+            "sweep (hydra.run.dir or hydra.sweep.dir)"
+        )
+    _label(list(variants.values()))
+    return list(variants.values())
+
+
+def read_run(path: Path) -> dict:
+    """One results.json, with what the report reads; ConfigError names the file and the fault."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON file ({err})") from None
+    if problem := _lacks(run):
+        raise ConfigError(f"{path}: not a run's results.json ({problem})")
+    return run
+
+
+def _lacks(run: object) -> str | None:
+    """What a results.json lacks for the report, or None."""
+    if not isinstance(run, dict):
+        return f"holds a JSON {type(run).__name__}, not an object"
+    stages = "arrivals" if run.get("scenario") == INCREMENTAL else "levels"
+    missing = [
+        k for k in ("config", "seed", stages, "subdomains", "accuracy_matrix") if k not in run
+    ]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(run["config"], dict):
+        return "`config` is not an object"
+    if stages == "arrivals":
+        return _lacks_arrivals(run)
+    levels = run["levels"]
+    if not isinstance(levels, list) or not levels:
+        return "`levels` is not a non-empty list"
+    for index, level in enumerate(levels):
+        if not isinstance(level, dict) or not _is_number(level.get("student_accuracy")):
+            return f"levels[{index}] has no student_accuracy"
+        if "pgr" not in level or not (level["pgr"] is None or _is_number(level["pgr"])):
+            return f"levels[{index}] has no pgr (a number or null)"
+    return None
+
+
+def _lacks_arrivals(run: dict) -> str | None:
+    """What a class-incremental results.json lacks for the report, or None."""
+    arrivals = run["arrivals"]
+    if not isinstance(arrivals, list) or not arrivals:
+        return "`arrivals` is not a non-empty list"
+    for index, arrival in enumerate(arrivals):
+        if not isinstance(arrival, dict) or not _is_number(arrival.get("average_accuracy")):
+            return f"arrivals[{index}] has no average_accuracy"
+    if not _is_number(run.get("final_average_accuracy")):
+        return "no final_average_accuracy"
+    for key in ("final_mean_forgetting", "final_backward_transfer", "pgr", "joint_accuracy"):
+        if key not in run or not (run[key] is None or _is_number(run[key])):
+            return f"no {key} (a number or null)"
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _natural(path: Path) -> list[tuple[int, int | str]]:
+    """Hydra's job folders 0, 1, ..., 10 in numeric order."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.parts]
+
+
+def _label(variants: list[Variant]) -> None:
+    """Name each variant by the settings that vary between variants (among those that have it)."""
+    keys = list(dict.fromkeys(k for v in variants for k in v.settings))
+    varying = [k for k in keys if len({v.settings[k] for v in variants if k in v.settings}) > 1]
+    for variant in variants:
+        parts = [f"{k}={variant.settings[k]}" for k in varying if k in variant.settings]
+        variant.label = " ".join(parts) or "all runs"
+
+
+def mean_spread(values: Sequence[float | None]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of the numbers among `values` (None: n/a); the spread
+    of a single number is 0; NaN if there is none."""
+    numbers = [v for v in values if v is not None]
+    if not numbers:
+        return math.nan, math.nan
+    spread = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+    return statistics.fmean(numbers), spread
+
+
+def _cell(values: Sequence[float | None]) -> str:
+    """`mean ± sd`, `n/a` if every value is, `–` if there is none; `(k n/a)` when some are."""
+    mean, spread = mean_spread(values)
+    unknown = sum(v is None for v in values)
+    if math.isnan(mean):
+        return "n/a" if unknown else "–"
+    return f"{mean:.3f} ± {spread:.3f}" + (f" ({unknown} n/a)" if unknown else "")
+
+
+def markdown_table(variants: list[Variant]) -> str:
+    """One row per variant: seeds, final accuracy, PGR per level, final mean forgetting."""
+    levels = max(v.num_levels() for v in variants)
+    head = ["variant", "seeds", "final accuracy"]
+    head += [f"PGR L{level}" for level in range(levels)] + ["mean forgetting"]
+    rows = [head, ["---"] * len(head)]
+    for v in variants:
+        row = [v.label, ",".join(map(str, v.seeds)), _cell(v.final_accuracy())]
+        row += [_cell(v.pgr(level)) for level in range(levels)]
+        rows.append([*row, _cell(v.mean_forgetting())])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def arrival_table(variants: list[Variant]) -> str:
+    """One row per class-incremental variant: seeds, final average accuracy, final mean
+    forgetting, final backward transfer, final PGR, joint accuracy."""
+    keys = {
+        "final average accuracy": "final_average_accuracy",
+        "final mean forgetting": "final_mean_forgetting",
+        "backward transfer": "final_backward_transfer",
+        "PGR": "pgr",
+        "joint accuracy": "joint_accuracy",
+    }
+    head = ["variant", "seeds", *keys]
+    rows = [head, ["---"] * len(head)]
+    for v in variants:
+        row = [v.label, ",".join(map(str, v.seeds))]
+        rows.append(row + [_cell(v.values(key)) for key in keys.values()])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def plot_average_accuracy(variants: list[Variant], path: Path) -> None:
+    """Average accuracy over the arrived subdomains against arrivals, a line per variant."""
+    _plot_per_step(
+        variants,
+        path,
+        steps=lambda v: v.num_arrivals(),
+        values=lambda v, arrival: v.average_accuracy(arrival),
+        xlabel="arrival",
+        ylabel="average accuracy over arrived subdomains\n(mean ± sd over seeds)",
+    )
+
+
+def plot_pgr(variants: list[Variant], path: Path) -> None:
+    """PGR against levels, a line per variant."""
+    _plot_per_step(
+        variants,
+        path,
+        steps=lambda v: v.num_levels(),
+        values=lambda v, level: v.pgr(level),
+        xlabel="level",
+        ylabel="PGR (mean ± sd over seeds)",
+    )
+
+
+def _plot_per_step(
+    variants: list[Variant],
+    path: Path,
+    *,
+    steps: Callable[[Variant], int],
+    values: Callable[[Variant, int], list[float]],
+    xlabel: str,
+    ylabel: str,
+) -> None:
+    """One line per variant of the mean ± sd over seeds of `values(variant, step)`, with the
+    legend beside the lines (variant labels can be long)."""
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 20 distinct colours: one per variant
+    for v in variants:
+        points = range(steps(v))
+        means, spreads = zip(*(mean_spread(values(v, step)) for step in points), strict=True)
+        ax.errorbar(list(points), means, yerr=spreads, marker="o", capsize=3, label=v.label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(range(max(steps(v) for v in variants)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # room for the legend, however long
+    plt.close(fig)
+
+
+def plot_accuracy_matrices(variants: list[Variant], path: Path, rows_are: str = "level") -> None:
+    """One heatmap per variant: mean over seeds of accuracy[level (or arrival), subdomain]."""
+    cols = min(3, len(variants))
+    rows = math.ceil(len(variants) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(variants) :]:
+        ax.axis("off")
+    for ax, v in zip(axes.flat, variants, strict=False):
+        matrices = [run["accuracy_matrix"] for run in v.runs]
+        mean = [
+            [statistics.fmean(cells) for cells in zip(*rows_, strict=True)]
+            for rows_ in zip(*matrices, strict=True)
+        ]
+        image = ax.imshow(mean, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        subdomains = v.runs[0]["subdomains"]
+        ax.set_xticks(range(len(subdomains)), subdomains, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(mean)))
+        ax.set_ylabel(f"after {rows_are}")
+        ax.set_title(v.label, fontsize=8)
+        for i, row in enumerate(mean):
+            for j, value in enumerate(row):
+                color = "k" if value > 0.6 else "w"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(root: Path) -> str:
+    """Write report.md and the plots into `root`; return the table(s)."""
+    variants = load_variants(root)
+    levels = [v for v in variants if v.scenario != INCREMENTAL]
+    incremental = [v for v in variants if v.scenario == INCREMENTAL]
+    tables, sections = [], []
+    if levels:
+        table = markdown_table(levels)
+        plot_pgr(levels, root / PGR_PLOT)
+        plot_accuracy_matrices(levels, root / MATRIX_PLOT)
+        tables.append(table)
+        sections.append(
+            "Mean ± sample standard deviation over seeds. Final accuracy and mean forgetting are "
+            "taken after the last level; forgetting per finest subdomain is the best accuracy "
+            "after any earlier level minus the accuracy now. PGR n/a: PGR is null in "
+            "results.json (its `pgr_note` says why) and is left out of the mean.\n\n"
+            f"{table}\n\n"
+            f"![PGR per level]({PGR_PLOT})\n\n"
+            f"![accuracy per level and subdomain]({MATRIX_PLOT})\n"
+        )
+    if incremental:
+        table = arrival_table(incremental)
+        plot_average_accuracy(incremental, root / AVERAGE_ACCURACY_PLOT)
+        plot_accuracy_matrices(incremental, root / ARRIVAL_MATRIX_PLOT, rows_are="arrival")
+        tables.append(table)
+        sections.append(
+            "## Class-incremental runs\n\n"
+            "Mean ± sample standard deviation over seeds, after the last arrival. Average "
+            "accuracy: over the arrived subdomains; forgetting of a subdomain: its best "
+            "accuracy since its arrival minus the accuracy now, averaged over the subdomains "
+            "that arrived before the last; backward transfer: the mean change of those since "
+            "right after their arrival; PGR: of the accuracy on the whole test split; joint "
+            "accuracy: the levels protocol on all the data, in the same run (n/a: skipped).\n\n"
+            f"{table}\n\n"
+            f"![average accuracy against arrivals]({AVERAGE_ACCURACY_PLOT})\n\n"
+            f"![accuracy per arrival and subdomain]({ARRIVAL_MATRIX_PLOT})\n"
+        )
+    runs = sum(len(v.runs) for v in variants)
+    (root / "report.md").write_text(
+        f"# CSL report: {runs} runs, {len(variants)} configurations\n\n" + "\n".join(sections)
+    )
+    return "\n\n".join(tables)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path, help="a sweep or run directory")
+    args = parser.parse_args(argv)
+    try:
+        table = write_report(args.directory)
+    except ConfigError as err:
+        refuse(err)
+    print(table)
+    print(f"report: {args.directory / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""What a run must keep to continue after a kill: the state of a strategy, its plugins and the
+random generators, written atomically, plus the log files rewound to the same moment.
+
+A run is a sequence of units of work (the ground-truth ceiling, then each level with its
+evaluation). After each one, the experiment writes one checkpoint file; a rerun restores it and
+goes on with the next unit, so a kill costs at most the unit in flight. Only state is stored:
+weights, replay buffers, EWC importances, LwF's previous model, statistics, RNG states; never
+the features, which are re-attached from the cache. Every value is a tensor or plain Python
+data, so the file loads with `torch.load(weights_only=True)`.
+
+Avalanche's own `save_checkpoint` dill-pickles the whole strategy. We write the state ourselves:
+with torch 2.14 dill cannot pickle the optimiser, and a whole-strategy pickle would also copy
+the features the co-supervision plugin holds and every level's in-memory loader.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
+from avalanche.training.utils import ParamData
+
+from csl_avalanche.benchmarks.streams import labelled_dataset
+from csl_avalanche.core.errors import ConfigError, reason
+from csl_avalanche.storage.atomic import write_atomically
+from csl_avalanche.training.loader import materialize
+
+CLOCK_FIELDS = (
+    "train_iterations",
+    "train_exp_counter",
+    "train_exp_epochs",
+    "train_exp_iterations",
+    "train_epoch_iterations",
+    "total_iterations",
+)
+
+
+def write_checkpoint(state: dict, path: Path) -> None:
+    try:
+        write_atomically(path, lambda file: torch.save(state, file))
+    except (OSError, RuntimeError) as err:  # torch.save reports write errors as either
+        raise ConfigError(
+            f"cannot write the checkpoint {path} ({reason(err)}); free space on its disk"
+        ) from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}); delete it to start over, "
+            "or run with resume=false"
+        ) from None
+
+
+# -- random generators -------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """The global generators' states (Python, NumPy, torch, CUDA) as tensors and lists."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- Avalanche's anti-forgetting plugins ---------------------------------------------------
+# They keep their state in attributes (Avalanche 0.6 names them below); these pairs read and
+# write exactly those. Our own plugins and metrics offer state_dict()/load_state_dict().
+
+
+def _replay_state(plugin: ReplayPlugin) -> dict:
+    policy = plugin.storage_policy
+    if type(policy) is not ExperienceBalancedBuffer:
+        raise ConfigError(f"cannot checkpoint a replay buffer of type {type(policy).__name__}")
+    groups = {
+        key: {
+            "columns": materialize(group.buffer) if len(group.buffer) else [],
+            "weights": group._buffer_weights,
+            "max_size": group.max_size,
+        }
+        for key, group in policy.buffer_groups.items()
+    }
+    return {"num_experiences": policy._num_exps, "groups": groups}
+
+
+def _load_replay(plugin: ReplayPlugin, state: dict) -> None:
+    policy = plugin.storage_policy
+    policy._num_exps = state["num_experiences"]
+    policy.buffer_groups = {}
+    for key, group in state["groups"].items():
+        buffer = ReservoirSamplingBuffer(group["max_size"])
+        if group["columns"]:
+            x, y, *soft, _task = group["columns"]
+            buffer.buffer = labelled_dataset(x, y, *soft)
+        buffer._buffer_weights = group["weights"]
+        policy.buffer_groups[key] = buffer
+
+
+def _param_tensors(params: dict[int, dict[str, ParamData]]) -> dict:
+    return {exp: {name: p.data for name, p in by_name.items()} for exp, by_name in params.items()}
+
+
+def _param_data(tensors: dict) -> dict[int, dict[str, ParamData]]:
+    return {
+        exp: {name: ParamData(name, init_tensor=value) for name, value in by_name.items()}
+        for exp, by_name in tensors.items()
+    }
+
+
+def _ewc_state(plugin: EWCPlugin) -> dict:
+    return {
+        "saved_params": _param_tensors(plugin.saved_params),
+        "importances": _param_tensors(plugin.importances),
+    }
+
+
+def _load_ewc(plugin: EWCPlugin, state: dict) -> None:
+    plugin.saved_params.clear()
+    plugin.saved_params.update(_param_data(state["saved_params"]))
+    plugin.importances.clear()
+    plugin.importances.update(_param_data(state["importances"]))
+
+
+def _lwf_state(plugin: LwFPlugin) -> dict:
+    lwf = plugin.lwf
+    previous = None if lwf.prev_model is None else lwf.prev_model.state_dict()
+    classes = {task: sorted(c) for task, c in lwf.prev_classes_by_task.items()}
+    return {"expcount": lwf.expcount, "prev_model": previous, "prev_classes": classes}
+
+
+def _load_lwf(plugin: LwFPlugin, state: dict, model: torch.nn.Module) -> None:
+    lwf = plugin.lwf
+    lwf.expcount = state["expcount"]
+    lwf.prev_model = None
+    if state["prev_model"] is not None:
+        lwf.prev_model = copy.deepcopy(model)
+        lwf.prev_model.load_state_dict(state["prev_model"])
+    lwf.prev_classes_by_task.clear()
+    lwf.prev_classes_by_task.update({t: set(c) for t, c in state["prev_classes"].items()})
+
+
+# -- the strategy --------------------------------------------------------------------------
+
+
+def strategy_state(strategy: Any) -> dict:
+    """Model weights, the training clock, and every stateful plugin's and metric's state."""
+    plugins = {}
+    for index, plugin in enumerate(_stateful(strategy)):
+        if isinstance(plugin, ReplayPlugin):
+            plugins[index] = _replay_state(plugin)
+        elif isinstance(plugin, EWCPlugin):
+            plugins[index] = _ewc_state(plugin)
+        elif isinstance(plugin, LwFPlugin):
+            plugins[index] = _lwf_state(plugin)
+        else:
+            plugins[index] = plugin.state_dict()
+    return {
+        "model": {k: v.detach().cpu() for k, v in strategy.model.state_dict().items()},
+        "clock": {name: getattr(strategy.clock, name) for name in CLOCK_FIELDS},
+        "plugins": plugins,
+    }
+
+
+def load_strategy_state(strategy: Any, state: dict) -> None:
+    """Restore what `strategy_state` saved into a strategy built with the same config."""
+    strategy.model.load_state_dict(state["model"])
+    for name, value in state["clock"].items():
+        setattr(strategy.clock, name, value)
+    stateful = _stateful(strategy)
+    if len(stateful) != len(state["plugins"]):
+        raise ConfigError(
+            f"the checkpoint holds the state of {len(state['plugins'])} plugins and metrics, "
+            f"this strategy has {len(stateful)}; run with resume=false to start over"
+        )
+    for index, plugin in enumerate(stateful):
+        saved = state["plugins"][index]
+        if isinstance(plugin, ReplayPlugin):
+            _load_replay(plugin, saved)
+        elif isinstance(plugin, EWCPlugin):
+            _load_ewc(plugin, saved)
+        elif isinstance(plugin, LwFPlugin):
+            _load_lwf(plugin, saved, strategy.model)
+        else:
+            plugin.load_state_dict(saved)
+
+
+def _stateful(strategy: Any) -> list:
+    """The plugins and metrics that carry state from one level to the next, in a fixed order:
+    Avalanche's replay, EWC and LwF, and ours that offer load_state_dict()."""
+    metrics = getattr(strategy.evaluator, "metrics", [])
+    known = (ReplayPlugin, EWCPlugin, LwFPlugin)
+    return [
+        item
+        for item in [*strategy.plugins, *metrics]
+        if isinstance(item, known) or hasattr(item, "load_state_dict")
+    ]
+
+
+# -- log files -----------------------------------------------------------------------------
+
+
+def log_sizes(folders: Iterable[Path]) -> dict[str, int]:
+    """The size of every file in `folders` (TensorBoard event files, text logs), by path."""
+    return {
+        str(path): path.stat().st_size
+        for folder in folders
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    }
+
+
+def rewind_logs(sizes: dict[str, int], folders: Iterable[Path]) -> None:
+    """Cut the logs back to the checkpoint: files are truncated to their recorded sizes and
+    files written after it are removed, so a resumed run's TensorBoard series continue
+    without the killed unit's duplicate points."""
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if not path.is_file():
+                continue
+            size = sizes.get(str(path))
+            if size is None:
+                path.unlink()
+            elif path.stat().st_size > size:
+                os.truncate(path, size)
