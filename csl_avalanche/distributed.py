@@ -21,7 +21,6 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from avalanche.distributed import DistributedHelper
-from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from csl_avalanche.core.errors import ConfigError
@@ -61,13 +60,14 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def check_world(cfg: DictConfig) -> None:
+def check_world(plugins: list[str]) -> None:
     """What a data-parallel run cannot do, refused before any work: the anti-forgetting
-    plugins. Avalanche 0.6's EWC and LwF do not declare distributed support, and replay brings
-    its own loader, whose batches are per process (the global batch would grow with P)."""
-    if world_size() > 1 and cfg.get("plugins"):
+    `plugins` (names). Avalanche 0.6's EWC and LwF do not declare distributed support, and
+    replay brings its own loader, whose batches are per process (the global batch would grow
+    with P)."""
+    if world_size() > 1 and plugins:
         raise ConfigError(
-            f"plugins {', '.join(cfg.plugins)} are not supported under torchrun; run them in "
+            f"plugins {', '.join(plugins)} are not supported under torchrun; run them in "
             "one process (python -m csl_avalanche.run)"
         )
 

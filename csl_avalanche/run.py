@@ -1,8 +1,9 @@
 """`python -m csl_avalanche.run`: the Hydra entry point (configs: the `configs` package).
 
-The settings are checked before the experiment module, and with it Avalanche, is imported, so
-a wrong value costs about two seconds; the run folder is checked (by `settings.OutputDirCheck`,
-a Hydra callback) before Hydra creates it.
+The settings are checked against their schema (`experiments.schema`) before the experiment
+module, and with it Avalanche, is imported, so a wrong value costs about two seconds; the run
+folder is checked (by `experiments.checks.OutputDirCheck`, a Hydra callback) before Hydra
+creates it. `--help` lists the config groups and every setting with its description.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from csl_avalanche.core.errors import ConfigError, refuse
-from csl_avalanche.experiments.settings import check_settings
+from csl_avalanche.experiments.schema import described, read_settings
 
 # avalanche-lib imports qpsolvers, which warns about solvers that only GEM-style plugins use.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
@@ -94,11 +96,63 @@ def pgr_warnings(results: dict) -> list[str]:
     ]
 
 
+CONFIGS = "csl_avalanche.configs"
+GROUPS = ("benchmark", "strategy", "scenario", "plugins")
+HELP_WIDTH = 36
+
+
+def settings_help(overrides: list[str]) -> str:
+    """The config groups with their options, then every setting of the config that `overrides`
+    compose, with its value and description (`--help`; `--help benchmark=cifar100` shows that
+    benchmark's settings)."""
+    from importlib.resources import files
+
+    root = files(CONFIGS)
+    lines = ["python -m csl_avalanche.run [group=option ...] [key=value ...]", "", "Groups:"]
+    for group in GROUPS:
+        options = sorted(p.name[: -len(".yaml")] for p in root.joinpath(group).iterdir()
+                         if p.name.endswith(".yaml"))  # fmt: skip
+        lines.append(f"  {group:<10} {', '.join(options)}")
+    with initialize_config_module(CONFIGS, version_base="1.3"):
+        cfg = compose("config", overrides)
+    read_settings(cfg)
+    entries = [(key, _value(value), text) for key, value, text in described(cfg)]
+    lines += ["", f"Settings ({' '.join(overrides) or 'the defaults'}):"]
+    for key, value, text in entries:
+        setting = f"{key}={value}"
+        if len(setting) > HELP_WIDTH:  # a long value: the description on the next line
+            lines += [f"  {setting}", f"  {'':<{HELP_WIDTH}}  {text}"]
+        else:
+            lines.append(f"  {setting:<{HELP_WIDTH}}  {text}")
+    lines += ["", "Hydra's own options: --hydra-help. Documentation: README.md and docs/."]
+    return "\n".join(lines)
+
+
+def _value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value).replace(" ", "")
+
+
+def main() -> dict | None:
+    """The command line: `--help` prints `settings_help`; anything else runs Hydra's job."""
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        try:
+            print(settings_help([a for a in args if a not in ("--help", "-h")]))
+        except ConfigError as err:
+            refuse(err)
+        return None
+    return run_job()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://csl_avalanche.configs", config_name="config")
-def main(cfg: DictConfig) -> dict:
+def run_job(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        check_settings(cfg)
+        read_settings(cfg)
         from csl_avalanche.experiments.runner import run_experiment  # Avalanche: seconds to import
 
         results = run_experiment(cfg, run_dir)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from avalanche.benchmarks.scenarios.generic_scenario import CLExperience
 
 from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.core.level_statistics import LevelStatistics
 from csl_avalanche.strategies.student import StudentTemplate
-from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin, LevelStatistics
+from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin
 
 
 class CSLStrategy(StudentTemplate):

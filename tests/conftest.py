@@ -166,3 +166,14 @@ def assert_clean_error(outcome: CliOutcome, *phrases: str) -> str:
     for phrase in phrases:
         assert phrase in errors[0], f"{phrase!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def features_from_config(cfg, cache, seed: int = 0):
+    """The FeatureSet the composed config `cfg` describes, built into `cache`, as a run builds
+    it: the settings read (and checked) by the schema, then the benchmark's source."""
+    from csl_avalanche.benchmarks.registry import SourceContext
+    from csl_avalanche.experiments.schema import read_settings
+
+    settings = read_settings(cfg)
+    context = SourceContext(cache, seed, settings.device, settings.progress)
+    return features_from_config(settings.source, context)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import features_from_config
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from csl_avalanche.benchmarks.registry import build_features
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
 from csl_avalanche.storage.cache import TensorCache
 
@@ -25,7 +25,7 @@ def check_against_cached_features(results: dict, cache: Path, *overrides: str) -
     generalist's argmax accuracy on the test split, and each level's student accuracy is the
     mean of its per-subdomain accuracies weighted by the subdomains' test sizes."""
     store = TensorCache(cache)
-    features = build_features(compose_config(*overrides), store, seed=results["seed"])
+    features = features_from_config(compose_config(*overrides), store, seed=results["seed"])
     assert store.misses == 0  # the very features the run used
     generalist = features.teacher_test_probs[0].argmax(dim=1)
     weak = (generalist == features.test_y).float().mean().item()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_clean_error, cli, make_feature_set
+from conftest import assert_clean_error, cli, features_from_config, make_feature_set
 from hydra import compose, initialize_config_module
 
 from csl_avalanche.benchmarks.features import FeaturesFileError, load_features, save_features
@@ -190,7 +190,7 @@ def _auto_hierarchy_with(tmp_path, monkeypatch, relabel) -> list:
     split_tensors = digits.split_tensors
     monkeypatch.setattr(digits, "split_tensors", lambda *args: relabel(split_tensors(*args)))
     cache = TensorCache(tmp_path / relabel.__name__)
-    return digits.digits_features(_digits_cfg(), cache, seed=0).hierarchy.as_lists()
+    return features_from_config(_digits_cfg(), cache, seed=0).hierarchy.as_lists()
 
 
 def _permuted(labelled: tuple[torch.Tensor, torch.Tensor], seed: int):
@@ -250,7 +250,7 @@ def test_more_subdomains_than_classes_are_refused_before_training(tmp_path):
 
 
 def test_class_names_travel_through_a_features_file_into_hierarchy_names(tmp_path):
-    from csl_avalanche.experiments.runner import hierarchy_entry
+    from csl_avalanche.experiments.scenario import hierarchy_entry
 
     named = dataclasses.replace(make_feature_set(), class_names=["a", "b", "c", "d"])
     save_features(named, tmp_path / "f.pt")

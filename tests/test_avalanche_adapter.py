@@ -20,7 +20,7 @@ from csl_avalanche.benchmarks.avalanche_adapter import (
     pairwise_groups,
     stream_tensors,
 )
-from csl_avalanche.benchmarks.pipeline import Budget
+from csl_avalanche.benchmarks.settings import Budget
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.storage.cache import InvalidValueError, TensorCache

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_clean_error, cli, make_feature_set
+from conftest import assert_clean_error, cli, features_from_config, make_feature_set
 from hydra import compose, initialize_config_module
 from test_fashion_mnist import write_fake_dataset
 from test_features_file import saved
@@ -25,7 +25,6 @@ from test_image_benchmarks import TINY, write_class_tree
 from csl_avalanche.benchmarks import checks
 from csl_avalanche.benchmarks.checks import finite_fault, probability_fault
 from csl_avalanche.benchmarks.features import load_features
-from csl_avalanche.benchmarks.registry import build_features
 from csl_avalanche.benchmarks.sources.fashion_mnist import FILES
 from csl_avalanche.storage.cache import CacheError, InvalidValueError, TensorCache
 
@@ -279,7 +278,7 @@ def digits_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("digits") / "cache"
     with initialize_config_module(config_module="csl_avalanche.configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=DIGITS)
-    build_features(cfg, TensorCache(cache), seed=0)
+    features_from_config(cfg, TensorCache(cache), seed=0)
     return cache
 
 

@@ -129,7 +129,7 @@ def test_an_avalanche_class_incremental_benchmark_arrives_experience_by_experien
     from test_avalanche_adapter import linear_teacher, mlp, split_benchmark
 
     from csl_avalanche.benchmarks.avalanche_adapter import features_from_avalanche
-    from csl_avalanche.benchmarks.pipeline import Budget
+    from csl_avalanche.benchmarks.settings import Budget
     from csl_avalanche.storage.cache import TensorCache
 
     bench = split_benchmark()

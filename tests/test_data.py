@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import features_from_config
+from hydra import compose, initialize_config_module
 
 from csl_avalanche.benchmarks.checks import finite_fault
-from csl_avalanche.benchmarks.sources.digits import digits_features, load_digits_tensors
+from csl_avalanche.benchmarks.sources.digits import load_digits_tensors
 from csl_avalanche.benchmarks.splits import stratified_split
 from csl_avalanche.storage.atomic import Blank
 from csl_avalanche.storage.cache import CacheError, InvalidValueError, TensorCache, fingerprint
@@ -120,30 +121,32 @@ def test_a_failed_or_faulty_fill_leaves_no_entry(tmp_path):
 
 
 def digits_config():
-    return OmegaConf.create(
-        {
-            "benchmark": {
-                "name": "digits",
-                "splits": FRACTIONS,
-                "hierarchy": [[list(range(10))], [list(range(6)), [6, 7, 8, 9]]],
-            },
-            "teacher": {"pool": 2, "steps": 20, "batch_size": 16, "lr": 0.01},
-            "student": {
-                "hidden": 16,
-                "embed_dim": 8,
-                "pretrain": {"steps": 20, "batch_size": 16, "lr": 0.01},
-            },
-        }
-    )
+    """The digits benchmark with two levels and tiny budgets."""
+    with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
+        return compose(
+            "config",
+            [
+                "benchmark.hierarchy=[[[0,1,2,3,4,5,6,7,8,9]],[[0,1,2,3,4,5],[6,7,8,9]]]",
+                "teacher.steps=20",
+                "teacher.batch_size=16",
+                "student.hidden=16",
+                "student.embed_dim=8",
+                "student.pretrain.steps=20",
+                "student.pretrain.batch_size=16",
+                "student.pretrain.lr=0.01",
+                "progress=false",
+                *(f"benchmark.splits.{part}={share}" for part, share in FRACTIONS.items()),
+            ],
+        )
 
 
 def test_digits_source_reuses_its_cache_on_a_second_run(tmp_path):
     cfg = digits_config()
     first_cache = TensorCache(tmp_path)
-    first = digits_features(cfg, first_cache, seed=0)
+    first = features_from_config(cfg, first_cache, seed=0)
     assert first_cache.misses == 4 and first_cache.hits == 0
     second_cache = TensorCache(tmp_path)
-    second = digits_features(cfg, second_cache, seed=0)
+    second = features_from_config(cfg, second_cache, seed=0)
     assert second_cache.misses == 0 and second_cache.hits == 4
     assert torch.equal(first.teacher_train_probs, second.teacher_train_probs)
     assert torch.equal(first.train_x, second.train_x)
@@ -151,5 +154,5 @@ def test_digits_source_reuses_its_cache_on_a_second_run(tmp_path):
     assert first.teacher_train_probs.dtype == torch.float16  # half the cache, read in chunks
     cfg.teacher.steps = 21  # a different teacher budget must not reuse the teachers
     third_cache = TensorCache(tmp_path)
-    digits_features(cfg, third_cache, seed=0)
+    features_from_config(cfg, third_cache, seed=0)
     assert third_cache.hits == 2 and third_cache.misses == 2  # backbone + embeddings reused

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli, make_feature_set
+from conftest import REPO, cli, features_from_config, make_feature_set
 from hydra import compose, initialize_config_module
 from results_checks import check_against_cached_features, compose_config
 from test_image_benchmarks import TINY, write_class_tree
 
 from csl_avalanche.benchmarks.features import save_features
-from csl_avalanche.benchmarks.registry import build_features
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.distributed import shard_rows
 from csl_avalanche.experiments.launch import quiet
@@ -182,8 +181,8 @@ def test_two_processes_match_one_on_a_tiny_image_benchmark(tmp_path, image_root,
     assert_same_accuracies(parallel, single)
     # Each rank extracted a block of the images: joined, they are one process's features.
     cfg = compose_config(*overrides)
-    sharded = build_features(cfg, store := TensorCache(tmp_path / "cache2"), seed=0)
-    whole = build_features(cfg, TensorCache(tmp_path / "cache1"), seed=0)
+    sharded = features_from_config(cfg, store := TensorCache(tmp_path / "cache2"), seed=0)
+    whole = features_from_config(cfg, TensorCache(tmp_path / "cache1"), seed=0)
     assert store.misses == 0
     for name in ("train_x", "test_x", "teacher_train_probs", "teacher_test_probs"):
         torch.testing.assert_close(getattr(sharded, name), getattr(whole, name))
@@ -251,11 +250,10 @@ def test_an_unreadable_image_in_one_ranks_block_stops_both_ranks(tmp_path):
 def test_anti_forgetting_plugins_are_refused_with_several_processes(monkeypatch):
     from csl_avalanche import distributed
 
-    cfg = compose_config("plugins=[replay]")
-    distributed.check_world(cfg)  # one process: fine
+    distributed.check_world(["replay"])  # one process: fine
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ConfigError, match="plugins replay are not supported under torchrun"):
-        distributed.check_world(cfg)
+        distributed.check_world(["replay"])
 
 
 def test_gpu_check_says_it_needs_cuda():

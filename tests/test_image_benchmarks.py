@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, features_from_config, run_cli
 from PIL import Image
 from results_checks import check_against_cached_features, compose_config
 
 from csl_avalanche.benchmarks.image_features import TeacherHeadsError
 from csl_avalanche.benchmarks.images import DatasetError
-from csl_avalanche.benchmarks.registry import build_features
 from csl_avalanche.models.registry import create_model
 from csl_avalanche.storage.cache import TensorCache
 
@@ -129,11 +128,11 @@ def test_imagefolder_end_to_end_with_a_local_student_checkpoint(tmp_path, imagef
 def test_second_run_reuses_every_cached_tensor(tmp_path, imagefolder_root):
     cfg = compose_cfg("benchmark=imagefolder", f"data.root={imagefolder_root}")
     first = TensorCache(tmp_path / "cache")
-    features = build_features(cfg, first, seed=0)
+    features = features_from_config(cfg, first, seed=0)
     # features: student on pool and test, teacher on teachers, pool and test; heads; probs
     assert first.misses == 7 and first.hits == 0
     second = TensorCache(tmp_path / "cache")
-    again = build_features(cfg, second, seed=0)
+    again = features_from_config(cfg, second, seed=0)
     assert second.misses == 0 and second.hits == 7
     torch.testing.assert_close(again.teacher_test_probs, features.teacher_test_probs)
     assert features.train_x.shape[1] == 64 and features.num_classes == 4
@@ -145,25 +144,25 @@ def test_second_run_reuses_every_cached_tensor(tmp_path, imagefolder_root):
         (imagefolder_root / "dog" / "dog_2.jpg").read_bytes()
     )
     third = TensorCache(tmp_path / "cache")
-    build_features(cfg, third, seed=0)
+    features_from_config(cfg, third, seed=0)
     assert third.misses > 0
 
 
 def test_imagefolder_auto_hierarchy_is_chosen_once_and_named(tmp_path, imagefolder_root):
     auto = ["benchmark.hierarchy=auto", "benchmark.auto_levels=[2]"]
     cfg = compose_cfg("benchmark=imagefolder", f"data.root={imagefolder_root}", *auto)
-    features = build_features(cfg, TensorCache(tmp_path / "cache"), seed=0)
+    features = features_from_config(cfg, TensorCache(tmp_path / "cache"), seed=0)
     assert features.hierarchy.teachers_per_level() == [1, 2]
     assert features.class_names == ["apple", "bird", "car", "dog"]
     again = TensorCache(tmp_path / "cache")
-    assert build_features(cfg, again, seed=0).hierarchy == features.hierarchy
+    assert features_from_config(cfg, again, seed=0).hierarchy == features.hierarchy
     assert again.misses == 0  # the probe's confusion came from the cache too
     assert list((tmp_path / "cache").glob("auto-confusion-*.pt"))
 
 
 def test_teacher_heads_from_a_file(tmp_path, imagefolder_root):
     cfg = compose_cfg("benchmark=imagefolder", f"data.root={imagefolder_root}")
-    trained = build_features(cfg, TensorCache(tmp_path / "cache"), seed=0)
+    trained = features_from_config(cfg, TensorCache(tmp_path / "cache"), seed=0)
     heads = [{"weight": torch.randn(4, 96), "bias": torch.zeros(4)} for _ in range(7)]
     torch.save(heads, tmp_path / "heads.pt")
     cfg = compose_cfg(
@@ -171,12 +170,12 @@ def test_teacher_heads_from_a_file(tmp_path, imagefolder_root):
         f"data.root={imagefolder_root}",
         f"teacher.heads={tmp_path}/heads.pt",
     )
-    loaded = build_features(cfg, TensorCache(tmp_path / "cache"), seed=0)
+    loaded = features_from_config(cfg, TensorCache(tmp_path / "cache"), seed=0)
     assert loaded.teacher_train_probs.shape == trained.teacher_train_probs.shape
     assert not torch.allclose(loaded.teacher_train_probs, trained.teacher_train_probs)
     torch.save(heads[:3], tmp_path / "heads.pt")
     with pytest.raises(TeacherHeadsError, match="list of 7 linear heads"):
-        build_features(cfg, TensorCache(tmp_path / "cache"), seed=0)
+        features_from_config(cfg, TensorCache(tmp_path / "cache"), seed=0)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +190,7 @@ def test_teacher_heads_from_a_file(tmp_path, imagefolder_root):
 def test_missing_data_says_what_was_expected_where(tmp_path, benchmark, expected):
     root = [] if benchmark == "imagefolder" else [f"data.root={tmp_path}"]
     with pytest.raises(DatasetError, match=expected):
-        build_features(compose_cfg(f"benchmark={benchmark}", *root), TensorCache(tmp_path), 0)
+        features_from_config(compose_cfg(f"benchmark={benchmark}", *root), TensorCache(tmp_path), 0)
 
 
 def test_imagefolder_end_to_end_with_a_finetuned_student(tmp_path, imagefolder_root):

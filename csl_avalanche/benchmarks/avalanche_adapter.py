@@ -26,11 +26,11 @@ from csl_avalanche.benchmarks.checks import nested_finite_fault
 from csl_avalanche.benchmarks.confusion_probe import cached_confusion
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.pipeline import (
-    Budget,
     SplitData,
     pretrained_backbone,
     trained_teachers,
 )
+from csl_avalanche.benchmarks.settings import Budget
 from csl_avalanche.benchmarks.splits import stratified_split
 from csl_avalanche.benchmarks.streams import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.core.clustering import (

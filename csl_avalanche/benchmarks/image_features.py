@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
@@ -36,12 +35,19 @@ from csl_avalanche.benchmarks import confusion_probe
 from csl_avalanche.benchmarks.checks import finite_fault, nested_finite_fault, teacher_probs_fault
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.images import DatasetError, Images, TransformedImages
+from csl_avalanche.benchmarks.registry import SourceContext
+from csl_avalanche.benchmarks.settings import (
+    ImageDataSettings,
+    ImageSourceSettings,
+    ImageStudent,
+    ImageTeacher,
+)
 from csl_avalanche.benchmarks.teachers import cached_teacher_probabilities, train_teachers
 from csl_avalanche.core.clustering import AutoHierarchy
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.hierarchy import Hierarchy
 from csl_avalanche.models.registry import Preprocessing, feature_extractor, preprocessing
-from csl_avalanche.storage.cache import TensorCache, fingerprint
+from csl_avalanche.storage.cache import fingerprint
 from csl_avalanche.storage.shared_cache import Sharded
 
 log = logging.getLogger(__name__)
@@ -77,9 +83,8 @@ def build_image_feature_set(
     splits: ImageSplits,
     hierarchy: Hierarchy | AutoHierarchy,
     num_classes: int,
-    cfg: DictConfig,
-    cache: TensorCache,
-    seed: int,
+    settings: ImageSourceSettings,
+    context: SourceContext,
     class_names: Sequence[str] | None = None,
 ) -> FeatureSet:
     """Extract (or load from cache) embeddings and teacher probabilities; see the module doc.
@@ -89,22 +94,25 @@ def build_image_feature_set(
     linear head as the probe, before the teacher heads train.
     """
     by_domain = splits.pool.domains is not None
+    cache, seed = context.cache, context.seed
     start, hits, misses = time.perf_counter(), cache.hits, cache.misses
-    extract = _Extractor(cfg, cache)
+    extract = _Extractor(settings.data, context)
 
-    student = extract.backbone(cfg.student, "student", seed)
-    if cfg.student.get("finetune"):
+    student = extract.backbone(settings.student, "student", seed)
+    if settings.student.finetune:
         pool_x = extract.pixels(student.preprocessing, splits.pool)
         test_x = extract.pixels(student.preprocessing, splits.test)
     else:
         pool_x, _ = extract.features("student-features", student, splits.pool, "pool")
         test_x, _ = extract.features("student-features", student, splits.test, "test")
 
-    teacher = extract.backbone(cfg.teacher, "teacher", seed)
+    teacher = extract.backbone(settings.teacher, "teacher", seed)
     pool_t, pool_key = extract.features("teacher-features", teacher, splits.pool, "pool")
     test_t, test_key = extract.features("teacher-features", teacher, splits.test, "test")
-    if cfg.teacher.get("heads"):
-        states = load_heads(cfg.teacher.heads, hierarchy.num_teachers, num_classes, pool_t.shape[1])
+    if settings.teacher.heads:
+        states = load_heads(
+            settings.teacher.heads, hierarchy.num_teachers, num_classes, pool_t.shape[1]
+        )
     else:
         if splits.teachers is None:
             raise ConfigError("this benchmark has no teacher training images: set teacher.heads")
@@ -112,7 +120,7 @@ def build_image_feature_set(
             "teacher-features", teacher, splits.teachers, "teachers"
         )
         units = splits.teachers.domains if by_domain else splits.teachers.labels
-        budget = {k: cfg.teacher[k] for k in ("steps", "batch_size", "lr")}
+        budget = {k: getattr(settings.teacher, k) for k in ("steps", "batch_size", "lr")}
         hierarchy = confusion_probe.resolve(
             hierarchy,
             train_t,
@@ -178,26 +186,26 @@ def build_image_feature_set(
 class _Extractor:
     """Builds frozen backbones and extracts their features, batched and cached."""
 
-    def __init__(self, cfg: DictConfig, cache: TensorCache):
-        self.cache = cache
-        self.data = cfg.data
-        self.progress = bool(cfg.get("progress", True))
-        wanted = str(cfg.get("device", "auto"))
+    def __init__(self, data: ImageDataSettings, context: SourceContext):
+        self.cache = context.cache
+        self.data = data
+        self.progress = context.progress
+        wanted = context.device
         use_cuda = wanted in ("auto", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
 
-    def backbone(self, model_cfg: DictConfig, key: str, seed: int) -> Backbone:
+    def backbone(self, model_cfg: ImageTeacher | ImageStudent, key: str, seed: int) -> Backbone:
         """`student`/`teacher` backbone; seeded, so random weights are the same every run."""
-        image_size = model_cfg.get("image_size") or self.data.get("image_size")
+        image_size = model_cfg.image_size or self.data.image_size
         torch.manual_seed(seed)
         model = feature_extractor(
             model_cfg.arch,
-            pretrained=bool(model_cfg.get("pretrained")),
-            checkpoint=model_cfg.get("checkpoint"),
+            pretrained=model_cfg.pretrained,
+            checkpoint=model_cfg.checkpoint,
             image_size=image_size,
             key=key,
         )
-        prep = preprocessing(model_cfg.arch, model, image_size, self.data.get("crop_pct"))
+        prep = preprocessing(model_cfg.arch, model, image_size, self.data.crop_pct)
         return Backbone(model, prep, fingerprint(model), key)
 
     def features(

@@ -21,6 +21,7 @@ from csl_avalanche.benchmarks.checks import (
     teacher_probs_fault,
 )
 from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.settings import Budget
 from csl_avalanche.benchmarks.splits import checked_split
 from csl_avalanche.benchmarks.teachers import cached_teacher_probabilities, train_teachers
 from csl_avalanche.core.clustering import AutoHierarchy
@@ -29,15 +30,6 @@ from csl_avalanche.models.fit import fit_classifier, predict
 from csl_avalanche.storage.cache import TensorCache, fingerprint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A fixed training budget: `steps` Adam steps of `batch_size` examples at `lr`."""
-
-    steps: int
-    batch_size: int
-    lr: float
 
 
 @dataclass(frozen=True)

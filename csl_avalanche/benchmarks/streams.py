@@ -19,11 +19,11 @@ from avalanche.benchmarks.utils.classification_dataset import (
     TaskAwareSupervisedClassificationDataset,
 )
 
+from csl_avalanche.benchmarks.columns import COLUMNS, Columns
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.estep import chunk_rows, level_results
 from csl_avalanche.core.hierarchy import Hierarchy
-from csl_avalanche.training.loader import COLUMNS, Columns
 
 
 def labelled_dataset(
@@ -38,7 +38,7 @@ def labelled_dataset(
     The soft column sits between `y` and the task label, where it survives Avalanche's subset,
     concat and replay. `rows` [n]: the dataset holds only these rows of the columns (a level's
     kept samples, a subdomain's test samples), as an Avalanche subset: nothing is copied. The
-    dataset carries its columns (`loader.COLUMNS`), so that StudentTemplate's loader gathers
+    dataset carries its columns (`columns.COLUMNS`), so that StudentTemplate's loader gathers
     batches from them directly.
     """
     columns = [x, labels] if soft_targets is None else [x, labels, soft_targets]

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import torch
 
-from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.core import cosupervision as cs
 
 # How much memory the float32 tensors of one chunk may take (device memory on a GPU).
@@ -30,6 +30,21 @@ SOFT_TARGET_DTYPE = torch.float16
 
 # Rows of the pool (a slice, or an index tensor) -> the student's logits on them.
 Student = Callable[[slice | torch.Tensor], torch.Tensor]
+
+
+class TeacherOutputs(Protocol):
+    """What the E-step reads of a benchmark (`benchmarks.features.FeatureSet` is one): the
+    pool's labels (for their count) and its teachers' probabilities, a chunk of rows at a time."""
+
+    train_y: torch.Tensor
+
+    def teacher_probs(
+        self,
+        split: str,
+        teachers: slice | Sequence[int],
+        rows: slice | torch.Tensor,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor: ...
 
 
 def chunk_rows(num_teachers: int, num_classes: int, memory: int = CHUNK_MEMORY) -> int:
@@ -49,7 +64,7 @@ def aligned(chunk_size: int, batch_size: int) -> int:
 
 
 def level_results(
-    features: FeatureSet,
+    features: TeacherOutputs,
     teachers: slice | Sequence[int],
     student: Student | None,
     *,

@@ -24,7 +24,7 @@ from csl_avalanche.core.forgetting import (
     forgetting,
     forgetting_since_arrival,
 )
-from csl_avalanche.training.plugins.cosupervision import LevelStatistics
+from csl_avalanche.core.level_statistics import LevelStatistics
 
 
 class PGRMetric(PluginMetric[float]):

@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from csl_avalanche.core.errors import ConfigError, refuse
-from csl_avalanche.experiments.settings import check_settings
+from csl_avalanche.experiments.schema import read_settings
 
 
 def launched_by_torchrun() -> bool:
@@ -33,8 +33,8 @@ class TorchrunLaunch(Callback):
         from csl_avalanche import distributed
 
         try:
-            check_settings(config)  # the device and seed below must be valid
-            distributed.join(str(config.device), int(config.seed))
+            settings = read_settings(config)  # the device and seed below must be valid
+            distributed.join(settings.device, settings.seed)
         except ConfigError as err:
             refuse(err)
         run_dir = distributed.broadcast_object(str(OmegaConf.select(config, "hydra.run.dir")))

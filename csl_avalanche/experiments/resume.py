@@ -15,17 +15,16 @@ and writes the checkpoint; the other ranks then read the checkpoint it left.
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.distributed import is_main, main_only
-from csl_avalanche.experiments.settings import RESULTS, TENSORBOARD
+from csl_avalanche.experiments.checks import RESULTS, TENSORBOARD
 from csl_avalanche.storage.atomic import remove_stale_temporaries
 from csl_avalanche.training.checkpoint import (
     load_strategy_state,
@@ -46,8 +45,9 @@ NOT_COMPARED = ("progress", "cache_dir", "resume", "strategy.chunk_size")
 _MISSING = object()
 
 
-def compared_config(cfg: DictConfig) -> dict:
-    config = OmegaConf.to_container(cfg, resolve=True)
+def compared_config(config: dict) -> dict:
+    """The resolved config without the settings that cannot change results."""
+    config = copy.deepcopy(config)
     for key in NOT_COMPARED:
         *parents, name = key.split(".")
         node = config
@@ -94,20 +94,21 @@ class RunProgress:
         }
 
     @classmethod
-    def open(cls, cfg: DictConfig, run_dir: Path) -> RunProgress:
-        opened = main_only(lambda: cls._open(cfg, run_dir))
+    def open(cls, config: dict, run_dir: Path, *, resume: bool = True) -> RunProgress:
+        """The progress of the run of `config` (the resolved config) in `run_dir`."""
+        opened = main_only(lambda: cls._open(config, run_dir, resume))
         if opened is not None:  # rank 0 (or the only process)
             return opened
-        progress = cls(run_dir, compared_config(cfg))
-        if cfg.get("resume", True) and progress.path.exists():
+        progress = cls(run_dir, compared_config(config))
+        if resume and progress.path.exists():
             progress.state = read_checkpoint(progress.path)
         return progress
 
     @classmethod
-    def _open(cls, cfg: DictConfig, run_dir: Path) -> RunProgress:
-        progress = cls(run_dir, compared_config(cfg))
+    def _open(cls, config: dict, run_dir: Path, resume: bool) -> RunProgress:
+        progress = cls(run_dir, compared_config(config))
         remove_stale_temporaries(run_dir)  # a checkpoint or results.json cut off by a kill
-        if not cfg.get("resume", True):
+        if not resume:
             progress._move_aside("resume=false")
             return progress
         if not progress.path.exists():

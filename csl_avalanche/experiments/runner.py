@@ -1,10 +1,6 @@
-"""One weak-to-strong experiment: weak accuracy, ground-truth ceiling, then the configured
-strategy (with the configured anti-forgetting plugins) level by level, evaluated on the test
-stream after every level.
-
-A level's `pgr` is null where it would not mean what it says (`cosupervision.pgr_note`: the
-ceiling is not above the weak accuracy, a class has no pool samples, or no training step ran);
-that level then also holds `pgr_note`, the reason.
+"""One weak-to-strong experiment, whatever its scenario: the settings checked, the features
+built, the weak accuracy and the ground-truth ceiling measured, then the scenario
+(`experiments.levels` or `experiments.class_incremental`) trained, and results.json written.
 
 Under torchrun (`csl_avalanche.distributed`) every rank runs this same sequence: the cache, the
 training steps and the checkpoints are shared out as that module says; only rank 0 writes
@@ -15,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,26 +21,21 @@ from omegaconf import DictConfig, OmegaConf
 import csl_avalanche.benchmarks.sources  # noqa: F401 - registers the benchmark sources
 from csl_avalanche import distributed
 from csl_avalanche.benchmarks.features import FeatureSet
-from csl_avalanche.benchmarks.registry import build_features
+from csl_avalanche.benchmarks.registry import SourceContext, build_features
 from csl_avalanche.benchmarks.streams import CSLBenchmark, make_csl_benchmark
-from csl_avalanche.core.cosupervision import pgr, pgr_note
 from csl_avalanche.core.errors import ConfigError, reason
-from csl_avalanche.evaluation.metrics import PGRMetric, SubdomainForgettingMetric
+from csl_avalanche.experiments.checks import RESULTS, check_against_data, check_output_dir
+from csl_avalanche.experiments.class_incremental import ClassIncrementalScenario
+from csl_avalanche.experiments.levels import LevelsScenario
 from csl_avalanche.experiments.resume import RunProgress
-from csl_avalanche.experiments.settings import (
-    RESULTS,
-    check_against_data,
-    check_output_dir,
-    check_settings,
-)
+from csl_avalanche.experiments.scenario import Reference, RunContext, Scenario
+from csl_avalanche.experiments.schema import RunSettings, read_settings
 from csl_avalanche.experiments.strategy_setup import (
     STREAM_ACCURACY,
     make_evaluator,
-    make_strategy,
     run_plugins,
     seed_everything,
     student_model,
-    subdomain_accuracy,
     training_kwargs,
 )
 from csl_avalanche.storage.atomic import write_atomically
@@ -52,10 +43,14 @@ from csl_avalanche.storage.shared_cache import SharedTensorCache
 from csl_avalanche.strategies import GroundTruthCeiling
 
 log = logging.getLogger(__name__)
+SCENARIOS: dict[str, type[Scenario]] = {
+    "levels": LevelsScenario,
+    "class_incremental": ClassIncrementalScenario,
+}
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto`, `cpu` or `cuda` (check_settings has checked the name) as a torch device."""
+    """`auto`, `cpu` or `cuda` (the schema has checked the name) as a torch device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -65,127 +60,69 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run the experiment `cfg` describes; write TensorBoard logs and results.json to run_dir.
+def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
+    """Run the experiment the composed config `cfg` describes; write TensorBoard logs and
+    results.json to run_dir.
 
-    Every setting and the run folder are checked first (`csl_avalanche.experiments.settings`), those that
-    depend on the data as soon as the features are built: a user error stops it before training.
-    After the ceiling and after each level the run folder holds a checkpoint; a rerun in the
-    same folder continues after the last completed unit (`csl_avalanche.experiments.resume`).
+    Every setting and the run folder are checked first (`experiments.schema`), those that depend
+    on the data as soon as the features are built (`experiments.checks`): a user error stops it
+    before training. After the ceiling and after each unit of the scenario the run folder holds
+    a checkpoint; a rerun in the same folder continues after the last completed unit
+    (`experiments.resume`).
     """
-    check_settings(cfg)
-    distributed.check_world(cfg)
+    settings = read_settings(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    distributed.check_world(list(settings.plugins))
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = RunProgress.open(cfg, run_dir)
+    progress = RunProgress.open(config, run_dir, resume=settings.resume)
     if progress.finished:
         log.info("the run in %s is finished: nothing to do", run_dir)
         return progress.state["results"]
-    seed = int(cfg.seed)
-    seed_everything(seed)
-    device = resolve_device(cfg.device)
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
 
-    features = build_features(cfg, SharedTensorCache(cfg.cache_dir), seed)
+    context = SourceContext(
+        cache=SharedTensorCache(settings.cache_dir),
+        seed=settings.seed,
+        device=settings.device,
+        progress=settings.progress,
+        cache_dir=Path(settings.cache_dir),
+    )
+    features = build_features(settings.source, context)
     check_against_data(
-        cfg,
+        settings,
         pool_size=len(features.train_y),
         num_levels=features.hierarchy.num_levels,
         by_domain=features.by_domain,
     )
     benchmark = make_csl_benchmark(features)
-    incremental = _class_incremental(cfg, features)  # checked against the data before training
+    scenario = SCENARIOS[settings.scenario.name](settings, features)  # checked against the data
     weak = teacher_test_accuracy(benchmark, teacher=0)
     if progress.ceiling is None:
-        _run_ceiling(cfg, benchmark, device, run_dir, progress)
-    ceiling, ceiling_steps = progress.ceiling["accuracy"], progress.ceiling["steps"]
-    missing = missing_classes(features)
-    if incremental is not None:
-        reference = {"weak": weak, "ceiling": ceiling, "ceiling_steps": ceiling_steps}
-        results = incremental.run(
-            benchmark, device, run_dir, progress, missing=missing, **reference
-        )
-        write_results(run_dir / RESULTS, results)
-        progress.finish(results)
-        return results
-
-    seed_everything(seed)
-    forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
-    pgr_metric = PGRMetric(weak, ceiling, missing_classes=missing, ceiling_steps=ceiling_steps)
-    strategy = make_strategy(cfg, benchmark, device, run_dir, pgr_metric, forgetting)
-    progress.restore(strategy)
-    for experience in strategy.levels(benchmark.train_stream)[len(progress.levels) :]:
-        log.info("level %d: training (teachers: %d)", experience.level, experience.num_teachers)
-        start = time.perf_counter()
-        strategy.train(experience, eval_streams=[])
-        stats = strategy.level_statistics[-1]
-        train_seconds = time.perf_counter() - start - stats.estep_seconds
-        steps = strategy.clock.train_exp_iterations
-        metrics = strategy.eval(benchmark.test_stream)
-        accuracy = metrics[STREAM_ACCURACY]
-        note = pgr_note(
-            weak, ceiling, missing_classes=missing, ceiling_steps=ceiling_steps, student_steps=steps
-        )
-        level = {
-            "level": experience.level,
-            "num_teachers": experience.num_teachers,
-            "student_accuracy": accuracy,
-            "pgr": None if note else pgr(accuracy, weak, ceiling),
-            **({"pgr_note": note} if note else {}),
-            "subdomain_accuracy": subdomain_accuracy(metrics, benchmark),
-            **{
-                k: v
-                for k, v in stats.as_dict().items()
-                if k not in ("level", "num_teachers", "estep_seconds")
-            },
-        }
-        if subdomain_forgetting := forgetting.result():
-            level["subdomain_forgetting"] = subdomain_forgetting
-            level["mean_forgetting"] = statistics.fmean(subdomain_forgetting.values())
-        progress.save_level(level, train_seconds, strategy)
+        _run_ceiling(settings, benchmark, device, run_dir, progress)
+    reference = Reference(
+        weak=weak,
+        ceiling=progress.ceiling["accuracy"],
+        ceiling_steps=progress.ceiling["steps"],
+        missing_classes=missing_classes(features),
+    )
+    scenario_results = scenario.run(
+        RunContext(settings, benchmark, device, run_dir, progress, reference)
+    )
     results = {
-        "scenario": "levels",
+        "scenario": settings.scenario.name,
         "weak_accuracy": weak,
-        "ceiling_accuracy": ceiling,
-        "levels": progress.levels,
-        "subdomains": benchmark.subdomain_names(),
-        **hierarchy_entry(features),
-        "accuracy_matrix": forgetting.accuracy_matrix,  # [level][subdomain]
-        "timings": {
-            "train_seconds": progress.state["train_seconds"],
-            "estep_seconds": [s.estep_seconds for s in strategy.level_statistics],
-        },
-        "seed": seed,
+        "ceiling_accuracy": reference.ceiling,
+        **scenario_results,
+        "seed": settings.seed,
         "device": str(device),
         "world_size": distributed.world_size(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
     }
     distributed.main_only(lambda: write_results(run_dir / RESULTS, results))
     progress.finish(results)
     return distributed.broadcast_object(results)
-
-
-def _class_incremental(cfg: DictConfig, features: FeatureSet):
-    """With scenario=class_incremental, its run (`incremental_experiment.ClassIncrementalRun`,
-    whose stream is built and checked against the data now); None in the levels scenario."""
-    if OmegaConf.select(cfg, "scenario.name", default="levels") != "class_incremental":
-        return None
-    from csl_avalanche.experiments.class_incremental import (
-        ClassIncrementalRun,  # it imports this module
-    )
-
-    return ClassIncrementalRun(cfg, features)
-
-
-def hierarchy_entry(features: FeatureSet) -> dict:
-    """results.json's `hierarchy`, the levels as lists of class (or domain) indices, which
-    `benchmark.hierarchy=auto` chose or the config gave; and `hierarchy_names`, the same with
-    class names, where the benchmark names its classes."""
-    levels = features.hierarchy.as_lists()
-    entry: dict = {"hierarchy": levels}
-    if features.class_names is not None and not features.by_domain:
-        names = features.class_names
-        entry["hierarchy_names"] = [[[names[c] for c in group] for group in lvl] for lvl in levels]
-    return entry
 
 
 def missing_classes(features: FeatureSet) -> list[int]:
@@ -220,16 +157,20 @@ def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int, chunk_size: int
 
 
 def _run_ceiling(
-    cfg: DictConfig, benchmark: CSLBenchmark, device, run_dir: Path, progress: RunProgress
+    settings: RunSettings,
+    benchmark: CSLBenchmark,
+    device: torch.device,
+    run_dir: Path,
+    progress: RunProgress,
 ) -> None:
     """Train the ceiling and record its accuracy and training steps in `progress`."""
     log.info("ceiling: training the student on the pool's ground truth")
-    seed_everything(int(cfg.seed))
+    seed_everything(settings.seed)
     strategy = GroundTruthCeiling(
-        model=student_model(cfg, benchmark),
-        evaluator=make_evaluator(cfg, run_dir / "tb" / "ceiling"),
-        plugins=run_plugins(cfg, "ceiling"),
-        **training_kwargs(cfg, device),
+        model=student_model(settings, benchmark),
+        evaluator=make_evaluator(run_dir / "tb" / "ceiling"),
+        plugins=run_plugins(settings, "ceiling"),
+        **training_kwargs(settings, device),
     )
     strategy.train(benchmark.ceiling_stream[0], eval_streams=[])
     steps = strategy.clock.train_exp_iterations

@@ -1,7 +1,6 @@
-"""How a run's config becomes its Avalanche strategies: the student model, the evaluator and
+"""How a run's settings become its Avalanche strategies: the student model, the evaluator and
 its loggers, the training settings, and the configured CSL (or weak-to-strong) strategy. Shared
-by the levels experiment (`csl_avalanche.experiments.runner`) and the class-incremental one
-(`csl_avalanche.experiments.class_incremental`)."""
+by the scenarios (`experiments.levels`, `experiments.class_incremental`) and the runner."""
 
 from __future__ import annotations
 
@@ -14,11 +13,11 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.logging import TensorboardLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
-from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche import distributed
 from csl_avalanche.benchmarks.streams import CSLBenchmark
 from csl_avalanche.evaluation.metrics import LevelStatisticsMetric
+from csl_avalanche.experiments.schema import RunSettings
 from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.models.registry import image_student
 from csl_avalanche.strategies import CSLStrategy, WeakToStrong
@@ -37,22 +36,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def student_model(cfg: DictConfig, benchmark: CSLBenchmark) -> torch.nn.Module:
+def student_model(settings: RunSettings, benchmark: CSLBenchmark) -> torch.nn.Module:
     """A linear probe on cached embeddings; with images (`student.finetune=true`), the whole
     `student.arch` network, augmenting and normalising its inputs itself."""
     features = benchmark.features
     if not features.holds_images:
         return linear_probe(features.train_x.shape[1], features.num_classes)
+    student = settings.source.student
     return image_student(
-        cfg.student.arch,
+        student.arch,
         num_classes=features.num_classes,
         image_size=features.train_x.shape[-1],
-        pretrained=bool(cfg.student.get("pretrained")),
-        checkpoint=cfg.student.get("checkpoint"),
+        pretrained=student.pretrained,
+        checkpoint=student.checkpoint,
     )
 
 
-def make_evaluator(cfg: DictConfig, log_dir: Path, *extra_metrics) -> EvaluationPlugin:
+def make_evaluator(log_dir: Path, *extra_metrics: PluginMetric) -> EvaluationPlugin:
     """Metrics on every rank, loggers on rank 0 only (Avalanche refuses them elsewhere)."""
     return EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),
@@ -67,39 +67,39 @@ def _loggers(log_dir: Path) -> list:
     return [TensorboardLogger(tb_log_dir=str(log_dir)), TextLogger(text_log)]
 
 
-def training_kwargs(cfg: DictConfig, device: torch.device) -> dict:
+def training_kwargs(settings: RunSettings, device: torch.device) -> dict:
     """What every student trains with, the ceiling included: Adam's rate, epochs, batch size,
     the seed of its batch order, and the device."""
-    s = cfg.strategy
+    s = settings.strategy
     return {
         "lr": s.lr,
         "epochs": s.epochs,
         "batch_size": s.batch_size,
-        "seed": int(cfg.seed),
+        "seed": settings.seed,
         "device": device,
     }
 
 
-def loss_kwargs(cfg: DictConfig) -> dict:
+def loss_kwargs(settings: RunSettings) -> dict:
     """The student's training loss: for the configured strategy, never the ceiling (PGR's
     reference stays the student on ground truth with plain cross-entropy)."""
-    s = cfg.strategy
+    s = settings.strategy
     return {"loss": s.loss, "logconf_alpha": s.logconf_alpha, "logconf_warmup": s.logconf_warmup}
 
 
-def run_plugins(cfg: DictConfig, name: str) -> list:
+def run_plugins(settings: RunSettings, name: str) -> list:
     """The divergence check, and a progress bar if asked for."""
-    advice = f"use a lower strategy.lr (now {cfg.strategy.lr:g})"
-    if cfg.plugins and name != "ceiling":
-        advice += f", or check the settings of plugins {', '.join(cfg.plugins)}"
+    advice = f"use a lower strategy.lr (now {settings.strategy.lr:g})"
+    if settings.plugins and name != "ceiling":
+        advice += f", or check the settings of plugins {', '.join(settings.plugins)}"
     plugins = [DivergencePlugin(name, advice)]
-    if cfg.progress and distributed.is_main():
+    if settings.progress and distributed.is_main():
         plugins.append(EpochProgressPlugin(name))
     return plugins
 
 
 def make_strategy(
-    cfg: DictConfig,
+    settings: RunSettings,
     benchmark: CSLBenchmark,
     device: torch.device,
     run_dir: Path,
@@ -108,29 +108,26 @@ def make_strategy(
 ) -> CSLStrategy:
     """The configured strategy, evaluated with `metrics` (and the co-supervision statistics);
     it logs to tb/<log_name>, by default tb/<strategy name>."""
-    s = cfg.strategy
-    plugins = run_plugins(cfg, s.name) + build_continual_plugins(
-        OmegaConf.to_container(cfg.plugins)
-    )
+    s = settings.strategy
+    plugins = run_plugins(settings, s.name) + build_continual_plugins(settings.plugins)
     return STRATEGIES[s.name](
-        model=student_model(cfg, benchmark),
+        model=student_model(settings, benchmark),
         features=benchmark.features,
         assignment=s.assignment,
         labels=s.labels,
         denoise=s.denoise,
         scale_epochs=s.scale_epochs,
-        chunk_size=s.get("chunk_size"),
-        reassign_every=s.get("reassign_every"),
+        chunk_size=s.chunk_size,
+        reassign_every=s.reassign_every,
         reinit_student=s.reinit_student,
         evaluator=make_evaluator(
-            cfg,
             run_dir / "tb" / (log_name or s.name),
             *metrics,
             LevelStatisticsMetric(),
         ),
         plugins=plugins,
-        **loss_kwargs(cfg),
-        **training_kwargs(cfg, device),
+        **loss_kwargs(settings),
+        **training_kwargs(settings, device),
     )
 
 

@@ -4,7 +4,7 @@ Avalanche's per-sample dataset path costs about 2.4x a plain loop over tensors (
 50k x 512 features, batch 256, 2 CPU cores). This loader yields batches by index gathering from
 column tensors, so the strategy, its plugins and its evaluators stay Avalanche's own while the
 epochs run at tensor speed. The datasets this package builds (`benchmark.labelled_dataset`)
-carry the tensors they were built from (`COLUMNS`): on the CPU, batches are gathered from those
+carry the tensors they were built from (`benchmarks.columns.Columns`): on the CPU, batches are gathered from those
 directly (a memory-mapped pool is never copied whole); on a GPU, the dataset's rows are moved
 to the device once. Any other dataset is read once, through Avalanche, into new tensors.
 
@@ -17,40 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-COLUMNS = "csl_columns"  # the attribute of a dataset that holds its Columns
-TRANSFER_ROWS = 65536  # rows gathered and moved to the device at a time
-
-
-@dataclass(frozen=True)
-class Columns:
-    """The tensors a dataset's samples come from: sample i is `[t[rows[i]] for t in tensors]`
-    (`rows` None: sample i is row i), the batch columns x, y, (soft target, ...) and task."""
-
-    tensors: tuple[torch.Tensor, ...]
-    rows: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.tensors[0]) if self.rows is None else len(self.rows)
-
-    def batch(self, index: torch.Tensor) -> list[torch.Tensor]:
-        """The samples `index` of the dataset, one tensor per column."""
-        source = index if self.rows is None else self.rows[index]
-        return [tensor[source] for tensor in self.tensors]
-
-    def to(self, device: torch.device | str) -> Columns:
-        """The dataset's rows only, as new tensors on `device`, moved TRANSFER_ROWS at a time."""
-        n = len(self)
-        moved = [torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=device) for t in self.tensors]
-        for start in range(0, n, TRANSFER_ROWS):
-            index = torch.arange(start, min(start + TRANSFER_ROWS, n))
-            for out, part in zip(moved, self.batch(index), strict=True):
-                out[start : start + len(index)] = part.to(device)
-        return Columns(tuple(moved))
+from csl_avalanche.benchmarks.columns import COLUMNS, Columns
 
 
 def materialize(dataset: Dataset, device: torch.device | str = "cpu") -> list[torch.Tensor]:

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.image_features import ImageSplits, build_image_feature_set
 from csl_avalanche.benchmarks.images import DatasetError, ImageArrays, require_root, split_images
-from csl_avalanche.benchmarks.registry import register_source
-from csl_avalanche.core.clustering import configured_hierarchy
+from csl_avalanche.benchmarks.registry import SourceContext, register_source
+from csl_avalanche.benchmarks.settings import Cifar100Settings
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.hierarchy import Hierarchy, HierarchyError
-from csl_avalanche.storage.cache import TensorCache
 
 FOLDER = "cifar-100-python"
 LAYOUT = f"{FOLDER}/{{train,test,meta}} (the python-format pickles)"
@@ -81,9 +79,9 @@ def superclass_hierarchy(
 
 
 @register_source("cifar100")
-def cifar100_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
+def cifar100_features(settings: Cifar100Settings, context: SourceContext) -> FeatureSet:
     root = require_root(
-        cfg.data.root, what="benchmark=cifar100", layout=LAYOUT, how_to_get=HOW_TO_GET
+        settings.data.root, what="benchmark=cifar100", layout=LAYOUT, how_to_get=HOW_TO_GET
     )
     folder = cifar100_folder(root)
     meta = _unpickle(folder / "meta")
@@ -95,11 +93,14 @@ def cifar100_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Feature
     train, train_coarse = load_split(folder, "train")
     test, _ = load_split(folder, "test")
     parts = split_images(
-        train, cfg.benchmark.splits, seed, what="benchmark.splits", parts=("teachers", "pool")
+        train,
+        settings.benchmark.splits,
+        context.seed,
+        what="benchmark.splits",
+        parts=("teachers", "pool"),
     )
-    groups = OmegaConf.to_object(cfg.benchmark.superclass_groups) or []
-    hierarchy = configured_hierarchy(
-        cfg.benchmark,
+    groups = settings.benchmark.superclass_groups or []
+    hierarchy = settings.benchmark.chosen_hierarchy(
         100,
         lambda: superclass_hierarchy(train.labels.numpy(), train_coarse, coarse_names, groups),
     )
@@ -108,9 +109,8 @@ def cifar100_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Feature
         ImageSplits(teachers=parts["teachers"], pool=parts["pool"], test=test),
         hierarchy,
         100,
-        cfg,
-        cache,
-        seed,
+        settings,
+        context,
         class_names=fine_names if len(fine_names) == 100 else None,
     )
 

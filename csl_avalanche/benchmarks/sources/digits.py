@@ -8,16 +8,16 @@ models on 4x4 average-pooled images.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.benchmarks.features import FeatureSet
-from csl_avalanche.benchmarks.pipeline import Budget, build_feature_set, split_tensors
-from csl_avalanche.benchmarks.registry import register_source
-from csl_avalanche.core.clustering import configured_hierarchy
+from csl_avalanche.benchmarks.pipeline import build_feature_set, split_tensors
+from csl_avalanche.benchmarks.registry import SourceContext, register_source
+from csl_avalanche.benchmarks.settings import Budget, DigitsSettings
 from csl_avalanche.core.hierarchy import Hierarchy
 from csl_avalanche.models.factories import mlp_backbone, pooled_linear_teacher
-from csl_avalanche.storage.cache import TensorCache
 
 SIDE = 8
 
@@ -31,24 +31,22 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register_source("digits")
-def digits_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
+def digits_features(settings: DigitsSettings, context: SourceContext) -> FeatureSet:
     x, y = load_digits_tensors()
-    data = split_tensors(x, y, dict(cfg.benchmark.splits), seed)
-    hierarchy = configured_hierarchy(
-        cfg.benchmark, 10, lambda: Hierarchy(OmegaConf.to_object(cfg.benchmark.hierarchy), 10)
+    data = split_tensors(x, y, settings.benchmark.splits, context.seed)
+    hierarchy = settings.benchmark.chosen_hierarchy(
+        10, lambda: Hierarchy(settings.benchmark.hierarchy, 10)
     )
-    student, teacher = cfg.student, cfg.teacher
+    student, teacher = settings.student, settings.teacher
     return build_feature_set(
         data,
         hierarchy,
         make_backbone=lambda: mlp_backbone(SIDE * SIDE, student.hidden, student.embed_dim),
-        backbone_budget=Budget(
-            student.pretrain.steps, student.pretrain.batch_size, student.pretrain.lr
-        ),
+        backbone_budget=student.pretrain,
         make_teacher=lambda: pooled_linear_teacher(SIDE, teacher.pool, 10),
         teacher_budget=Budget(teacher.steps, teacher.batch_size, teacher.lr),
-        backbone_config=OmegaConf.to_container(student),
-        teacher_config=OmegaConf.to_container(teacher),
-        cache=cache,
-        seed=seed,
+        backbone_config=asdict(student),
+        teacher_config=asdict(teacher),
+        cache=context.cache,
+        seed=context.seed,
     )

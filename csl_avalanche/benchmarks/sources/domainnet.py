@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.image_features import ImageSplits, build_image_feature_set
@@ -23,10 +22,10 @@ from csl_avalanche.benchmarks.images import (
     scan_class_folders,
     split_images,
 )
-from csl_avalanche.benchmarks.registry import register_source
+from csl_avalanche.benchmarks.registry import SourceContext, register_source
+from csl_avalanche.benchmarks.settings import DomainNetSettings
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.hierarchy import Hierarchy, HierarchyError
-from csl_avalanche.storage.cache import TensorCache
 
 WHAT = "benchmark=domainnet"
 LAYOUT = "<domain>/<class>/<image> (e.g. clipart/airplane/clipart_001_000001.jpg)"
@@ -60,20 +59,20 @@ def scan_domains(root, domains: list[str] | None) -> tuple[ImageFiles, list[str]
 
 
 @register_source("domainnet")
-def domainnet_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
-    root = require_root(cfg.data.root, what=WHAT, layout=LAYOUT, how_to_get=HOW_TO_GET)
-    wanted = OmegaConf.to_object(cfg.benchmark.domains) if cfg.benchmark.get("domains") else None
+def domainnet_features(settings: DomainNetSettings, context: SourceContext) -> FeatureSet:
+    root = require_root(settings.data.root, what=WHAT, layout=LAYOUT, how_to_get=HOW_TO_GET)
+    wanted = settings.benchmark.domains or None
     images, domains, classes = scan_domains(root, wanted)
-    groups = OmegaConf.to_object(cfg.benchmark.domain_groups) or []
+    groups = settings.benchmark.domain_groups or []
     try:
         hierarchy = Hierarchy.from_groups([[domains], *groups, [[d] for d in domains]], domains)
     except HierarchyError as err:
         raise ConfigError(f"benchmark.domain_groups: {err}") from None
     parts = split_images(
         images,
-        cfg.benchmark.splits,
-        seed,
+        settings.benchmark.splits,
+        context.seed,
         what="benchmark.splits",
         parts=("teachers", "pool", "test"),
     )
-    return build_image_feature_set(ImageSplits(**parts), hierarchy, len(classes), cfg, cache, seed)
+    return build_image_feature_set(ImageSplits(**parts), hierarchy, len(classes), settings, context)

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.idx import IdxFormatError, read_idx
-from csl_avalanche.benchmarks.pipeline import Budget, build_feature_set, split_tensors
-from csl_avalanche.benchmarks.registry import register_source
-from csl_avalanche.core.clustering import configured_hierarchy
+from csl_avalanche.benchmarks.pipeline import build_feature_set, split_tensors
+from csl_avalanche.benchmarks.registry import SourceContext, register_source
+from csl_avalanche.benchmarks.settings import Budget, FashionMnistSettings
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.hierarchy import Hierarchy
 from csl_avalanche.models.factories import pooled_linear_teacher, small_cnn_backbone
-from csl_avalanche.storage.cache import TensorCache
 
 log = logging.getLogger(__name__)
 
@@ -167,32 +166,28 @@ def _check_pair(image_path: Path, x: torch.Tensor, label_path: Path, y: torch.Te
 
 
 @register_source("fashion_mnist")
-def fashion_mnist_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
-    data_cfg = cfg.data
+def fashion_mnist_features(settings: FashionMnistSettings, context: SourceContext) -> FeatureSet:
+    data_cfg = settings.data
     download_to = None
-    if data_cfg.get("download", False):
-        download_to = data_cfg.root or Path(cfg.cache_dir).expanduser() / "datasets"
+    if data_cfg.download:
+        download_to = data_cfg.root or Path(context.cache_dir).expanduser() / "datasets"
     x, y = load_fashion_mnist(data_cfg.root, download_to=download_to)
     side = int(round(x.shape[1] ** 0.5))
-    data = split_tensors(x, y, dict(cfg.benchmark.splits), seed)
-    hierarchy = configured_hierarchy(
-        cfg.benchmark,
-        NUM_CLASSES,
-        lambda: Hierarchy(OmegaConf.to_object(cfg.benchmark.hierarchy), NUM_CLASSES),
+    data = split_tensors(x, y, settings.benchmark.splits, context.seed)
+    hierarchy = settings.benchmark.chosen_hierarchy(
+        NUM_CLASSES, lambda: Hierarchy(settings.benchmark.hierarchy, NUM_CLASSES)
     )
-    student, teacher = cfg.student, cfg.teacher
+    student, teacher = settings.student, settings.teacher
     return build_feature_set(
         data,
         hierarchy,
         make_backbone=lambda: small_cnn_backbone(side, student.channels, student.embed_dim),
-        backbone_budget=Budget(
-            student.pretrain.steps, student.pretrain.batch_size, student.pretrain.lr
-        ),
+        backbone_budget=student.pretrain,
         make_teacher=lambda: pooled_linear_teacher(side, teacher.pool, NUM_CLASSES),
         teacher_budget=Budget(teacher.steps, teacher.batch_size, teacher.lr),
-        backbone_config={"arch": "small_cnn", "side": side, **OmegaConf.to_container(student)},
-        teacher_config={"arch": "pooled_linear", "side": side, **OmegaConf.to_container(teacher)},
-        cache=cache,
-        seed=seed,
+        backbone_config={"arch": "small_cnn", "side": side, **asdict(student)},
+        teacher_config={"arch": "pooled_linear", "side": side, **asdict(teacher)},
+        cache=context.cache,
+        seed=context.seed,
         class_names=CLASSES,
     )

@@ -5,7 +5,6 @@ or contiguous blocks of the (sorted) class folders."""
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.image_features import ImageSplits, build_image_feature_set
@@ -15,11 +14,11 @@ from csl_avalanche.benchmarks.images import (
     scan_class_folders,
     split_images,
 )
-from csl_avalanche.benchmarks.registry import register_source
-from csl_avalanche.core.clustering import AutoHierarchy, configured_hierarchy
+from csl_avalanche.benchmarks.registry import SourceContext, register_source
+from csl_avalanche.benchmarks.settings import BenchmarkSettings, ImageFolderSettings
+from csl_avalanche.core.clustering import AutoHierarchy
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.hierarchy import Hierarchy, HierarchyError
-from csl_avalanche.storage.cache import TensorCache
 
 LAYOUT = "<root>/<class>/<image> (one folder of images per class)"
 HOW_TO_GET = (
@@ -29,35 +28,35 @@ HOW_TO_GET = (
 
 
 @register_source("imagefolder")
-def imagefolder_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
+def imagefolder_features(settings: ImageFolderSettings, context: SourceContext) -> FeatureSet:
     what = "benchmark=imagefolder"
-    root = require_root(cfg.data.root, what=what, layout=LAYOUT, how_to_get=HOW_TO_GET)
+    root = require_root(settings.data.root, what=what, layout=LAYOUT, how_to_get=HOW_TO_GET)
     classes, paths, labels = scan_class_folders(root, what=what, how_to_get=HOW_TO_GET)
     images = ImageFiles(root, tuple(paths), torch.tensor(labels))
     parts = split_images(
         images,
-        cfg.benchmark.splits,
-        seed,
+        settings.benchmark.splits,
+        context.seed,
         what="benchmark.splits",
         parts=("teachers", "pool", "test"),
     )
-    hierarchy = class_hierarchy(cfg.benchmark, classes)
+    hierarchy = class_hierarchy(settings.benchmark, classes)
     return build_image_feature_set(
-        ImageSplits(**parts), hierarchy, len(classes), cfg, cache, seed, class_names=classes
+        ImageSplits(**parts), hierarchy, len(classes), settings, context, class_names=classes
     )
 
 
-def class_hierarchy(benchmark: DictConfig, classes: list[str]) -> Hierarchy | AutoHierarchy:
+def class_hierarchy(benchmark: BenchmarkSettings, classes: list[str]) -> Hierarchy | AutoHierarchy:
     """`benchmark.hierarchy` (levels of groups of class names or indices, or auto), or else
     `benchmark.teachers_per_level` contiguous blocks of classes."""
-    return configured_hierarchy(benchmark, len(classes), lambda: _given(benchmark, classes))
+    return benchmark.chosen_hierarchy(len(classes), lambda: _given(benchmark, classes))
 
 
-def _given(benchmark: DictConfig, classes: list[str]) -> Hierarchy:
-    key = "benchmark.hierarchy" if benchmark.get("hierarchy") else "benchmark.teachers_per_level"
+def _given(benchmark: BenchmarkSettings, classes: list[str]) -> Hierarchy:
+    key = "benchmark.hierarchy" if benchmark.hierarchy else "benchmark.teachers_per_level"
     try:
-        if benchmark.get("hierarchy"):
-            return Hierarchy.from_groups(OmegaConf.to_object(benchmark.hierarchy), classes)
+        if benchmark.hierarchy:
+            return Hierarchy.from_groups(benchmark.hierarchy, classes)
         return Hierarchy.contiguous_blocks(len(classes), list(benchmark.teachers_per_level))
     except HierarchyError as err:
         raise ConfigError(f"{key}: {err}") from None

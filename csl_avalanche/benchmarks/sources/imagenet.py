@@ -9,7 +9,6 @@ fractions). Classes are the sorted wnids, so contiguous class blocks are contigu
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.image_features import ImageSplits, build_image_feature_set
@@ -19,9 +18,9 @@ from csl_avalanche.benchmarks.images import (
     scan_class_folders,
     split_images,
 )
-from csl_avalanche.benchmarks.registry import register_source
+from csl_avalanche.benchmarks.registry import SourceContext, register_source
+from csl_avalanche.benchmarks.settings import ImageNetSettings
 from csl_avalanche.benchmarks.sources.imagefolder import class_hierarchy
-from csl_avalanche.storage.cache import TensorCache
 
 WHAT = "benchmark=imagenet_w2s"
 LAYOUT = "train/<wnid>/<image> and val/<wnid>/<image>"
@@ -33,21 +32,21 @@ HOW_TO_GET = (
 
 
 @register_source("imagenet_w2s")
-def imagenet_features(cfg: DictConfig, cache: TensorCache, seed: int) -> FeatureSet:
-    root = require_root(cfg.data.root, what=WHAT, layout=LAYOUT, how_to_get=HOW_TO_GET)
-    heads_given = bool(cfg.teacher.get("heads"))
+def imagenet_features(settings: ImageNetSettings, context: SourceContext) -> FeatureSet:
+    root = require_root(settings.data.root, what=WHAT, layout=LAYOUT, how_to_get=HOW_TO_GET)
+    heads_given = bool(settings.teacher.heads)
     teachers, classes = None, None
     if not heads_given:  # teacher heads from a file need no train split
         classes, paths, labels = scan_class_folders(
             root / "train", what=WHAT, how_to_get=HOW_TO_GET
         )
         teachers = ImageFiles(root / "train", tuple(paths), torch.tensor(labels))
-        fraction = float(cfg.benchmark.teacher_fraction)
+        fraction = float(settings.benchmark.teacher_fraction)
         if fraction < 1.0:
             teachers = split_images(
                 teachers,
                 {"teachers": fraction},
-                seed,
+                context.seed,
                 what="benchmark.teacher_fraction",
                 parts=("teachers",),
             )["teachers"]
@@ -56,14 +55,17 @@ def imagenet_features(cfg: DictConfig, cache: TensorCache, seed: int) -> Feature
     )
     val = ImageFiles(root / "val", tuple(paths), torch.tensor(labels))
     parts = split_images(
-        val, cfg.benchmark.val_splits, seed, what="benchmark.val_splits", parts=("pool", "test")
+        val,
+        settings.benchmark.val_splits,
+        context.seed,
+        what="benchmark.val_splits",
+        parts=("pool", "test"),
     )
     return build_image_feature_set(
         ImageSplits(teachers=teachers, pool=parts["pool"], test=parts["test"]),
-        class_hierarchy(cfg.benchmark, classes),
+        class_hierarchy(settings.benchmark, classes),
         len(classes),
-        cfg,
-        cache,
-        seed,
+        settings,
+        context,
         class_names=classes,
     )

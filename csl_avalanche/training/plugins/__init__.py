@@ -1,5 +1,1 @@
-"""Avalanche plugins of csl-avalanche."""
-
-from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin, LevelStatistics
-
-__all__ = ["CoSupervisionPlugin", "LevelStatistics"]
+"""Avalanche plugins of csl-avalanche: co-supervision, anti-forgetting, divergence, progress."""

@@ -3,29 +3,98 @@
 They join the CSL strategy after its CoSupervisionPlugin, so they only ever see the level's
 kept, teacher-labelled dataset: ReplayPlugin stores `strategy.experience.dataset`, EWC's
 importance pass re-reads it with the hard pseudo-labels, LwF records its classes from it.
-Each config file holds the plugin's own keyword arguments, checked by
-`settings.check_plugin_settings` (Avalanche itself checks them with bare asserts, or not).
+Each plugin's settings class names the keyword arguments it takes, with their rules
+(Avalanche itself checks them with bare asserts, or not).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.rules import (
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    build_settings,
+    choice,
+    either,
+    list_of,
+    optional,
+    setting,
+    whole,
+)
 
-from csl_avalanche.experiments.settings import check_plugin_settings
 
-# The same names as settings.PLUGIN_SETTINGS, which says what each accepts.
-CONTINUAL_PLUGINS: dict[str, Callable[..., SupervisedPlugin]] = {
-    "replay": ReplayPlugin,
-    "ewc": EWCPlugin,
-    "lwf": LwFPlugin,
+@dataclass(frozen=True)
+class ReplaySettings:
+    mem_size: int = setting(whole(1), "samples kept over all earlier levels")
+    batch_size_mem: int | None = setting(
+        optional(whole(1)), "memory samples per batch; null: strategy.batch_size"
+    )
+
+
+@dataclass(frozen=True)
+class EWCSettings:
+    ewc_lambda: float = setting(NON_NEGATIVE, "penalty weight")
+    mode: str = setting(choice("separate", "online"), "one penalty per earlier level, or online")
+    decay_factor: float | None = setting(optional(UNIT), "online only: the importance's decay")
+
+    def check(self) -> None:
+        if (self.mode == "online") != (self.decay_factor is not None):
+            raise ConfigError(
+                "plugins.ewc.decay_factor must be a number in [0, 1] with plugins.ewc.mode=online "
+                f"and null with mode=separate, got mode={self.mode} and "
+                f"decay_factor={self.decay_factor}"
+            )
+
+
+@dataclass(frozen=True)
+class LwFSettings:
+    alpha: float | list[float] = setting(
+        either(NON_NEGATIVE, list_of(NON_NEGATIVE)), "distillation weight (or one per level)"
+    )
+    temperature: float = setting(POSITIVE, "softmax temperature of the distillation")
+
+
+@dataclass(frozen=True)
+class ContinualPlugin:
+    """An Avalanche plugin class (by name in `avalanche.training.plugins`, imported only when
+    built, so checking settings never imports Avalanche) and its settings class."""
+
+    class_name: str
+    settings: type
+
+    def build(self, settings: Any) -> Any:
+        plugins = importlib.import_module("avalanche.training.plugins")
+        return getattr(plugins, self.class_name)(**asdict(settings))
+
+
+CONTINUAL_PLUGINS: dict[str, ContinualPlugin] = {
+    "replay": ContinualPlugin("ReplayPlugin", ReplaySettings),
+    "ewc": ContinualPlugin("EWCPlugin", EWCSettings),
+    "lwf": ContinualPlugin("LwFPlugin", LwFSettings),
 }
 
 
-def build_continual_plugins(config: Mapping[str, Mapping[str, Any]] | None) -> list:
-    """One plugin per entry of `config` (name -> keyword arguments), in the config's order."""
-    check_plugin_settings(config)
-    return [CONTINUAL_PLUGINS[name](**kwargs) for name, kwargs in (config or {}).items()]
+def plugin_settings(name: str, knobs: Any) -> Any:
+    """The settings of the plugin `name` from its keyword arguments (a mapping), checked."""
+    if name not in CONTINUAL_PLUGINS:
+        raise ConfigError(
+            f"unknown plugin {name!r} in plugins; choose from {sorted(CONTINUAL_PLUGINS)}"
+        )
+    settings = CONTINUAL_PLUGINS[name].settings
+    return (
+        knobs if isinstance(knobs, settings) else build_settings(settings, knobs, f"plugins.{name}")
+    )
+
+
+def build_continual_plugins(plugins: Mapping[str, Any] | None) -> list:
+    """One plugin per entry of `plugins` (name -> its settings, or their mapping), in order."""
+    return [
+        CONTINUAL_PLUGINS[name].build(plugin_settings(name, knobs))
+        for name, knobs in (plugins or {}).items()
+    ]

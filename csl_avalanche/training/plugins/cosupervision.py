@@ -20,7 +20,7 @@ diagnostics (LevelStatistics) read them separately, after the labels are fixed.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -31,38 +31,8 @@ from csl_avalanche.benchmarks.streams import labelled_dataset, pool_inputs
 from csl_avalanche.core import cosupervision as cs
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.estep import Student, aligned, chunk_rows, level_results
+from csl_avalanche.core.level_statistics import PASS_FIELDS, LevelStatistics
 from csl_avalanche.models.fit import predict
-
-
-@dataclass(frozen=True)
-class LevelStatistics:
-    """What the E-step and the selection did at one level (ground truth used only here)."""
-
-    level: int  # the experience's stage: its level, or its arrival
-    num_teachers: int
-    keep_rate: float
-    label_precision: float  # of the kept set: fraction whose assigned label is correct
-    label_recall: float  # of the correctly labelled samples: fraction kept
-    assignment_accuracy: float | None  # agreement with the oracle assignment (None: ensemble)
-    teacher_accuracy: float  # accuracy of the assigned labels over the experience's samples
-    epochs: int
-    estep_seconds: float  # every pass of the E-step in the level, together
-    # `reassign_every`: each later pass's statistics (its epoch, keep rate, label precision and
-    # recall, assignment and teacher accuracy), in order; the fields above are the first pass's.
-    reassignments: tuple[dict, ...] = ()
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-# What each reassignment records of its pass (besides its epoch).
-PASS_FIELDS = (
-    "keep_rate",
-    "label_precision",
-    "label_recall",
-    "assignment_accuracy",
-    "teacher_accuracy",
-)
 
 
 class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):

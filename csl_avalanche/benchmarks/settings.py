@@ -1,0 +1,308 @@
+"""The typed settings a benchmark source takes: one dataclass per config section.
+
+`SOURCE_SETTINGS` names each source's settings class: the run's settings are checked against
+it before any source (or Avalanche) is imported. A source receives a `SourceSettings` subclass (its `benchmark`, `data`, `teacher` and `student`
+sections) built and checked from the run's config by the experiments floor; every field
+carries its rule and one-line description (`core.rules.setting`). A field with a default may
+be left out of the shipped configs (`+student.image_size=...` adds it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from csl_avalanche.core.clustering import AUTO, LEVELS_KEY, AutoHierarchy, check_sizes
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.hierarchy import Hierarchy
+from csl_avalanche.core.rules import (
+    BOOLEAN,
+    FILE,
+    FRACTION,
+    FRACTIONS,
+    GROUPS,
+    LEARNING_RATE,
+    NAME,
+    NAMES,
+    Rule,
+    list_of,
+    number,
+    optional,
+    section,
+    setting,
+    whole,
+)
+
+HIERARCHY = Rule(
+    f"null, {AUTO}, or a list of levels, each a list of groups of classes",
+    lambda v: v is None or v == AUTO or isinstance(v, list),
+)
+
+
+# -- benchmark.* -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """`benchmark.*` of every benchmark: its name and how its hierarchy is chosen."""
+
+    name: str = setting(NAME, "the benchmark source (the benchmark group's choice)")
+    hierarchy: Any = setting(
+        HIERARCHY, "the levels as groups of classes; null: the benchmark's own; auto: clustered"
+    )
+    auto_levels: list[int] | None = setting(
+        optional(list_of(whole(2))), "with hierarchy=auto: subdomains per level after level 0"
+    )
+    auto_holdout: float = setting(
+        number("in (0, 1)", lambda v: 0 < v < 1),
+        "with hierarchy=auto: the held-out fraction of the teacher split",
+    )
+
+    # Why a benchmark cannot cluster its own subdomains (None: it can).
+    no_auto_because = None
+
+    def check(self) -> None:
+        """`auto_levels` only with `hierarchy=auto`, and `auto` only where it can work."""
+        if self.hierarchy != AUTO:
+            if self.auto_levels is not None:
+                raise ConfigError(
+                    f"{LEVELS_KEY}={list(self.auto_levels)} sets the levels of an automatic "
+                    f"hierarchy, but benchmark.hierarchy is not {AUTO}; add "
+                    f"benchmark.hierarchy={AUTO} or drop {LEVELS_KEY}"
+                )
+            return
+        if self.no_auto_because:
+            raise ConfigError(
+                f"benchmark.hierarchy={AUTO} groups the classes a trained generalist confuses, "
+                f"which benchmark={self.name} cannot do: {self.no_auto_because}; drop "
+                f"benchmark.hierarchy={AUTO}"
+            )
+        if self.auto_levels is None:
+            raise ConfigError(
+                f"benchmark.hierarchy={AUTO} needs {LEVELS_KEY}, the number of subdomains of "
+                f"each level after the generalist, e.g. {LEVELS_KEY}=[2,5]"
+            )
+        check_sizes(list(self.auto_levels), num_classes=None)
+
+    def chosen_hierarchy(
+        self, num_classes: int, hand_picked: Callable[[], Hierarchy]
+    ) -> Hierarchy | AutoHierarchy:
+        """`hierarchy=auto` as an AutoHierarchy over `num_classes` classes, for the source
+        to resolve once the teacher data is at hand (its sizes checked now, before anything
+        trains); otherwise the benchmark's own `hand_picked` hierarchy."""
+        if self.hierarchy != AUTO:
+            return hand_picked()
+        return AutoHierarchy(tuple(self.auto_levels), float(self.auto_holdout), num_classes)
+
+
+@dataclass(frozen=True)
+class FeaturesBenchmark(BenchmarkSettings):
+    no_auto_because = "the features file gives the teachers, and with them the hierarchy"
+
+
+@dataclass(frozen=True)
+class SplitBenchmark(BenchmarkSettings):
+    """A benchmark split by seed into parts of every class."""
+
+    splits: dict[str, float] = setting(FRACTIONS, "fraction of every class in each part")
+
+
+@dataclass(frozen=True)
+class FolderBenchmark(SplitBenchmark):
+    teachers_per_level: list[int] = setting(
+        list_of(whole(1)), "contiguous blocks of the sorted classes per level (no hierarchy)"
+    )
+
+
+@dataclass(frozen=True)
+class ImageNetBenchmark(BenchmarkSettings):
+    val_splits: dict[str, float] = setting(FRACTIONS, "fractions of every validation class")
+    teacher_fraction: float = setting(FRACTION, "fraction of train images the teachers use")
+    teachers_per_level: list[int] = setting(
+        list_of(whole(1)), "contiguous blocks of class indices per level (no hierarchy)"
+    )
+
+
+@dataclass(frozen=True)
+class Cifar100Benchmark(SplitBenchmark):
+    superclass_groups: list = setting(
+        GROUPS, "levels between the generalist and the 20 superclasses, as superclass names"
+    )
+
+
+@dataclass(frozen=True)
+class DomainNetBenchmark(SplitBenchmark):
+    domains: list[str] | None = setting(NAMES, "the domain folders to use; null: all")
+    domain_groups: list = setting(
+        GROUPS, "levels between the generalist and the per-domain specialists"
+    )
+    no_auto_because = "its subdomains are input domains (benchmark.domain_groups), not classes"
+
+
+# -- data.* ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    path: str | None = setting(FILE, "benchmark=features: the features file")
+    root: str | None = setting(FILE, "the dataset's root folder")
+    download: bool = setting(BOOLEAN, "fashion_mnist: fetch it with torchvision (network)")
+
+
+@dataclass(frozen=True)
+class ImageDataSettings(DataSettings):
+    image_size: int | None = setting(optional(whole(1)), "side of the square crop both models see")
+    crop_pct: float | None = setting(
+        optional(FRACTION), "resize the shorter side to image_size / crop_pct; null: the model's"
+    )
+    batch_size: int | None = setting(optional(whole(1)), "images per feature-extraction batch")
+    num_workers: int | None = setting(optional(whole(0)), "image decoding processes")
+
+
+# -- teacher.* and student.* -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A fixed training budget: `steps` Adam steps of `batch_size` examples at `lr`."""
+
+    steps: int = setting(whole(1), "Adam steps")
+    batch_size: int = setting(whole(1), "examples per step")
+    lr: float = setting(LEARNING_RATE, "Adam's learning rate")
+
+
+@dataclass(frozen=True)
+class PooledTeacher(Budget):
+    """A linear teacher on average-pooled pixels, every teacher with the same budget."""
+
+    pool: int = setting(whole(1), "average-pooling factor before the linear layer")
+
+
+@dataclass(frozen=True)
+class ImageTeacher(Budget):
+    """Linear heads on a frozen pretrained feature stack, every teacher with the same budget."""
+
+    arch: str = setting(NAME, "the frozen feature stack: a timm name or torchvision:<name>")
+    pretrained: bool = setting(BOOLEAN, "load the architecture's pretrained weights")
+    checkpoint: str | None = setting(FILE, "a local weights file (offline)")
+    heads: str | None = setting(FILE, "linear heads trained elsewhere, one per teacher")
+    image_size: int | None = setting(
+        optional(whole(1)), "this model's crop side; null: data.image_size", default=None
+    )
+
+
+@dataclass(frozen=True)
+class MLPStudent:
+    hidden: int = setting(whole(1), "hidden units of the MLP backbone")
+    embed_dim: int = setting(whole(1), "embedding size the linear probe reads")
+    pretrain: Budget = section("the backbone's pretraining on the disjoint split")
+
+
+@dataclass(frozen=True)
+class CNNStudent:
+    channels: list[int] = setting(list_of(whole(1)), "channels of the stride-2 convolutions")
+    embed_dim: int = setting(whole(1), "embedding size the linear probe reads")
+    pretrain: Budget = section("the backbone's pretraining on the disjoint split")
+
+
+@dataclass(frozen=True)
+class ImageStudent:
+    arch: str = setting(NAME, "the student network: a timm name or torchvision:<name>")
+    pretrained: bool = setting(BOOLEAN, "load the architecture's pretrained weights")
+    checkpoint: str | None = setting(FILE, "a local weights file (offline)")
+    finetune: bool = setting(BOOLEAN, "train the whole network on images, not a linear probe")
+    image_size: int | None = setting(
+        optional(whole(1)), "this model's crop side; null: data.image_size", default=None
+    )
+
+
+# -- what a source receives ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """The sections a benchmark source reads; subclasses narrow each to its own type."""
+
+    benchmark: BenchmarkSettings = section("which benchmark, and its hierarchy")
+    data: DataSettings = section("where the data is")
+
+    def check(self) -> None:
+        self.benchmark.check()
+
+
+@dataclass(frozen=True)
+class FeaturesSettings(SourceSettings):
+    benchmark: FeaturesBenchmark = section("which benchmark, and its hierarchy")
+
+
+@dataclass(frozen=True)
+class DigitsSettings(SourceSettings):
+    benchmark: SplitBenchmark = section("which benchmark, its splits and hierarchy")
+    teacher: PooledTeacher = section("the weak teachers")
+    student: MLPStudent = section("the strong student's backbone")
+
+
+@dataclass(frozen=True)
+class FashionMnistSettings(SourceSettings):
+    benchmark: SplitBenchmark = section("which benchmark, its splits and hierarchy")
+    teacher: PooledTeacher = section("the weak teachers")
+    student: CNNStudent = section("the strong student's backbone")
+
+
+@dataclass(frozen=True)
+class ImageSourceSettings(SourceSettings):
+    """An image benchmark: pretrained teacher and student networks on decoded images."""
+
+    data: ImageDataSettings = section("where the images are, and how they are read")
+    teacher: ImageTeacher = section("the weak teachers")
+    student: ImageStudent = section("the strong student")
+
+    def check(self) -> None:
+        if self.benchmark.hierarchy == AUTO and self.teacher.heads:
+            raise ConfigError(
+                f"benchmark.hierarchy={AUTO} chooses the subdomains before the teachers train, "
+                "but teacher.heads gives teachers trained elsewhere for a fixed hierarchy; drop one"
+            )
+        super().check()
+
+
+@dataclass(frozen=True)
+class ImageFolderSettings(ImageSourceSettings):
+    benchmark: FolderBenchmark = section("which benchmark, its splits and hierarchy")
+
+
+@dataclass(frozen=True)
+class ImageNetSettings(ImageSourceSettings):
+    benchmark: ImageNetBenchmark = section("which benchmark, its splits and hierarchy")
+
+
+@dataclass(frozen=True)
+class Cifar100Settings(ImageSourceSettings):
+    benchmark: Cifar100Benchmark = section("which benchmark, its splits and hierarchy")
+
+
+@dataclass(frozen=True)
+class DomainNetSettings(ImageSourceSettings):
+    benchmark: DomainNetBenchmark = section("which benchmark, its domains and splits")
+
+
+# benchmark.name -> the settings its source takes (`registry.register_source` looks them up).
+SOURCE_SETTINGS: dict[str, type[SourceSettings]] = {
+    "digits": DigitsSettings,
+    "fashion_mnist": FashionMnistSettings,
+    "features": FeaturesSettings,
+    "imagefolder": ImageFolderSettings,
+    "imagenet_w2s": ImageNetSettings,
+    "cifar100": Cifar100Settings,
+    "domainnet": DomainNetSettings,
+}
+
+
+def source_settings(name: Any) -> type[SourceSettings]:
+    """The settings class of the benchmark `name`, or a ConfigError listing the benchmarks."""
+    if name not in SOURCE_SETTINGS:
+        raise ConfigError(
+            f"benchmark.name must be one of {', '.join(sorted(SOURCE_SETTINGS))}, got {name!r}"
+        )
+    return SOURCE_SETTINGS[name]

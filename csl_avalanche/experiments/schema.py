@@ -1,0 +1,224 @@
+"""The schema of every setting: typed dataclasses, each field with its rule and description.
+
+`read_settings` walks a composed Hydra config against the schema in one pass, before any data
+is read or model trained (and before Avalanche is imported), and returns `RunSettings`, the
+typed object the rest of the run works with. A wrong value, an unknown key or two settings
+that contradict each other raise one ConfigError naming the key, the value and the fix, e.g.
+`strategy.epochs must be a whole number >= 1, got 'abc'`.
+
+The sections `benchmark`, `data`, `teacher` and `student` belong to the benchmark: their types
+are the settings class its source registered (`benchmarks.settings`). The anti-forgetting
+plugins declare theirs beside the plugin (`training.plugins.continual`).
+
+The walk checks the composed config rather than letting OmegaConf type it at composition:
+OmegaConf would coerce (`progress=yes` becomes true) and report a mistyped value as a
+multi-line Hydra error with exit code 1, where this project's errors are one line with exit
+code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from csl_avalanche.benchmarks.settings import SourceSettings, source_settings
+from csl_avalanche.core import cosupervision as cs
+from csl_avalanche.core.confidence_loss import LOSSES
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.rules import (
+    BOOLEAN,
+    LEARNING_RATE,
+    PATH,
+    UNIT,
+    Rule,
+    build_settings,
+    choice,
+    either,
+    list_of,
+    optional,
+    section,
+    setting,
+    whole,
+)
+from csl_avalanche.training.plugins.continual import CONTINUAL_PLUGINS, plugin_settings
+
+GROUND_TRUTH = "ground_truth"
+STRATEGY_NAMES = ("csl", "w2s", GROUND_TRUTH)
+SCENARIOS = ("levels", "class_incremental")
+ARRIVAL_ORDERS = ("hierarchy", "random")  # or a list of finest-subdomain positions
+
+
+def _is_denoise(value: Any) -> bool:
+    try:
+        cs.topk_of(value)
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
+DENOISE = Rule("all or topK with K >= 1 (top1, top3, ...)", _is_denoise)
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """`strategy.*`: how the student learns from the teachers (the strategy group)."""
+
+    name: str = setting(choice(*STRATEGY_NAMES), "the strategy: csl, w2s, or ground_truth")
+    assignment: str = setting(choice(*cs.TARGET_RULES), "the E-step's teacher assignment rule")
+    labels: str = setting(choice(*cs.LABEL_KINDS), "train on the target's argmax or on it whole")
+    denoise: str = setting(DENOISE, "noise reduction: keep the top-K consensus count, or all")
+    reinit_student: bool = setting(BOOLEAN, "a fresh student at every level (the paper)")
+    scale_epochs: bool = setting(BOOLEAN, "int(epochs / keep_rate) epochs per level")
+    epochs: int = setting(whole(1), "epochs per level (and for the ceiling)")
+    lr: float = setting(LEARNING_RATE, "Adam's learning rate, cosine schedule over each level")
+    batch_size: int = setting(whole(1), "samples per training batch")
+    chunk_size: int | None = setting(
+        optional(whole(1)), "pool rows per E-step chunk; null: as many as fit in 256 MB"
+    )
+    reassign_every: int | None = setting(
+        optional(whole(1)), "redo the E-step every E epochs of a level; null: once (the paper)"
+    )
+    loss: str = setting(choice(*LOSSES), "ce, or logconf (the auxiliary confidence loss)")
+    logconf_alpha: float = setting(UNIT, "logconf: the confidence term's weight")
+    logconf_warmup: float = setting(UNIT, "logconf: fraction of a level's steps to ramp it in")
+
+
+@dataclass(frozen=True)
+class ScenarioSettings:
+    """`scenario.*`: the levels protocol, or class-incremental arrivals (the scenario group)."""
+
+    name: str = setting(choice(*SCENARIOS), "levels (the paper's protocol) or class_incremental")
+    order: Any = setting(
+        either(choice(*ARRIVAL_ORDERS), list_of(whole(0))),
+        "class_incremental: arrival order (hierarchy, random, or finest-subdomain positions)",
+        default="hierarchy",
+    )
+    joint_reference: bool = setting(
+        BOOLEAN, "class_incremental: also run the levels protocol on all data", default=True
+    )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of a run, typed. `plugins` maps each anti-forgetting plugin's name to its
+    settings; `source` holds the benchmark's sections (benchmark, data, teacher, student)."""
+
+    seed: int = setting(whole(0, 2**32 - 1), "seeds every random choice: same seed, same numbers")
+    device: str = setting(choice("auto", "cpu", "cuda"), "where the student trains")
+    cache_dir: str = setting(PATH, "teacher outputs, embeddings and weights, content-hashed")
+    progress: bool = setting(BOOLEAN, "draw progress bars")
+    resume: bool = setting(BOOLEAN, "continue a killed run in its folder; false: start over")
+    strategy: StrategySettings = section("how the student learns (group: strategy)")
+    scenario: ScenarioSettings = section("which protocol (group: scenario)")
+    plugins: dict[str, Any] = section("anti-forgetting plugins by name (group: plugins)")
+    source: SourceSettings = section("the benchmark's sections (group: benchmark)")
+
+    def check(self) -> None:
+        """The settings that must agree with each other."""
+        scenario, strategy = self.scenario.name, self.strategy.name
+        if scenario == "class_incremental" and self.strategy.reinit_student:
+            raise ConfigError(
+                "strategy.reinit_student=true restarts the student at every experience, but "
+                "with scenario=class_incremental the student is continual: it must keep what "
+                "earlier arrivals taught it; drop the setting (the scenario sets false)"
+            )
+        if strategy == GROUND_TRUTH and scenario != "class_incremental":
+            raise ConfigError(
+                "strategy=ground_truth trains the class-incremental stream on true labels: add "
+                "scenario=class_incremental; in the levels scenario the student on ground truth "
+                "is the ceiling, reported as ceiling_accuracy"
+            )
+        if self.strategy.reassign_every is not None:
+            if strategy != "csl":
+                raise ConfigError(
+                    f"strategy.reassign_every repeats CSL's E-step, but strategy={strategy} has "
+                    "none (its labels do not depend on the student); drop "
+                    "strategy.reassign_every"
+                )
+            if "replay" in self.plugins:
+                raise ConfigError(
+                    "strategy.reassign_every replaces a level's training data mid-level, but the "
+                    "replay plugin builds its loader once per level and would drop the new data; "
+                    "use plugins=[ewc] or [lwf], or drop strategy.reassign_every"
+                )
+        if strategy == GROUND_TRUTH and self.strategy.labels != "hard":
+            raise ConfigError(
+                "strategy=ground_truth trains on the true classes, which are hard labels; drop "
+                "strategy.labels=soft"
+            )
+
+
+RUN_KEYS = ("seed", "device", "cache_dir", "progress", "resume", "strategy", "scenario", "plugins")
+
+
+def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
+    """The composed config `cfg` as RunSettings, every value checked against its rule (and
+    unknown keys refused); raises ConfigError naming the first setting that is wrong."""
+    config = _plain(cfg)
+    benchmark = config.get("benchmark")
+    name = benchmark.get("name") if isinstance(benchmark, dict) else None
+    settings_class = source_settings(name)  # refuses an unknown benchmark
+    source_keys = [f.name for f in dataclasses.fields(settings_class)]
+    for key in config:
+        if key not in RUN_KEYS and key not in source_keys:
+            raise ConfigError(
+                f"{key} is not a setting of benchmark={name}; the settings are "
+                f"{', '.join([*RUN_KEYS, *source_keys])}"
+            )
+    values = {key: config[key] for key in RUN_KEYS if key in config}
+    values["source"] = {key: config[key] for key in source_keys if key in config}
+    return build_settings(
+        RunSettings,
+        values,
+        sections={
+            "source": lambda v: build_settings(settings_class, v),
+            "plugins": lambda v: {
+                name: plugin_settings(name, knobs) for name, knobs in (v or {}).items()
+            },
+        },
+    )
+
+
+def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict:
+    """The config as plain dicts and lists, without Hydra's own `hydra` node (which a Hydra
+    callback's config carries)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return {key: value for key, value in cfg.items() if key != "hydra"}
+
+
+def described(cfg: DictConfig | Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """(key, value, description) for every setting of the composed config `cfg`, in the
+    schema's order: what `--help` lists. A key without a rule or description raises, so the
+    schema cannot fall behind the configs (tests compose every shipped combination)."""
+    config = _plain(cfg)
+    settings_class = source_settings(config["benchmark"]["name"])
+    yield from _described(RunSettings, config, "", {"source": settings_class})
+
+
+def _described(
+    cls: type, value: dict, prefix: str, replaced: Mapping[str, type] = {}
+) -> Iterator[tuple[str, Any, str]]:
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        name = field.name
+        key = f"{prefix}.{name}" if prefix else name
+        kind = replaced.get(name, hints[name])
+        if name == "source":
+            yield from _described(kind, value, "")
+        elif name == "plugins":
+            for plugin, knobs in (value.get("plugins") or {}).items():
+                settings = CONTINUAL_PLUGINS[plugin].settings
+                yield from _described(settings, knobs, f"plugins.{plugin}")
+        elif dataclasses.is_dataclass(kind):
+            if name in value:
+                yield from _described(kind, value[name], key)
+        elif name in value:
+            if "rule" not in field.metadata or not field.metadata.get("help"):
+                raise ConfigError(f"{key} has no rule or description in the schema")
+            yield key, value[name], field.metadata["help"]
