@@ -171,9 +171,10 @@ def assert_clean_error(outcome: CliOutcome, *phrases: str) -> str:
 def features_from_config(cfg, cache, seed: int = 0):
     """The FeatureSet the composed config `cfg` describes, built into `cache`, as a run builds
     it: the settings read (and checked) by the schema, then the benchmark's source."""
-    from csl_avalanche.benchmarks.registry import SourceContext
+    import csl_avalanche.benchmarks.sources  # noqa: F401 - registers the sources
+    from csl_avalanche.benchmarks.registry import SourceContext, build_features
     from csl_avalanche.experiments.schema import read_settings
 
     settings = read_settings(cfg)
     context = SourceContext(cache, seed, settings.device, settings.progress)
-    return features_from_config(settings.source, context)
+    return build_features(settings.source, context)

@@ -262,7 +262,8 @@ def test_a_class_missing_from_the_pool_gives_no_pgr(tmp_path, features_file, sin
 
 
 def report(*argv: str):
-    """`python -m csl_avalanche.evaluation.report ARGV` in this process: (exit code, stdout, stderr)."""
+    """`python -m csl_avalanche.evaluation.report ARGV` in this process: (exit code, stdout,
+    stderr)."""
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

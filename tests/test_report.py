@@ -1,5 +1,5 @@
-"""`python -m csl_avalanche.evaluation.report`: grouping, statistics, plots, on a hand-written sweep and on
-a real (small) Hydra multirun over continual mode and plugins."""
+"""`python -m csl_avalanche.evaluation.report`: grouping, statistics, plots, on a hand-written
+sweep and on a real (small) Hydra multirun over continual mode and plugins."""
 
 from __future__ import annotations
 

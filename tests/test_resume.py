@@ -14,7 +14,7 @@ import torch
 from avalanche.logging import TensorboardLogger
 from conftest import CLI_ENV, assert_clean_error, cli, cli_command, crash_on_call, run_cli
 
-import csl_avalanche.experiments.runner as experiment
+import csl_avalanche.experiments.levels as levels
 from csl_avalanche.experiments.resume import CHECKPOINT, compared_config, config_differences
 
 FAST = ("strategy.epochs=3",)
@@ -54,7 +54,7 @@ def test_a_run_that_crashed_in_level_2_resumes_with_the_same_results(
 
     # Crash once level 2 is trained and evaluated (its metrics are in TensorBoard), before its
     # checkpoint: the checkpoint holds the ceiling and levels 0-1.
-    crash_on_call(monkeypatch, experiment, "subdomain_accuracy", 3)  # at level 2
+    crash_on_call(monkeypatch, levels, "subdomain_accuracy", 3)  # at level 2
     run_dir = tmp_path / "run"
     crashed = cli(run_dir, *overrides, cache_dir=cache)
     assert crashed.code != 0 and "simulated crash" in crashed.err

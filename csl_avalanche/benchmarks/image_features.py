@@ -263,8 +263,8 @@ class _Extractor:
             raise ValueError(f"{desc}: no images")
         loader = DataLoader(
             Subset(TransformedImages(images, transform), range(len(images))[rows]),
-            batch_size=int(self.data.get("batch_size") or 256),
-            num_workers=int(self.data.get("num_workers") or 0),
+            batch_size=self.data.batch_size or 256,
+            num_workers=self.data.num_workers or 0,
             pin_memory=self.device.type == "cuda",
         )
         try:

@@ -1,10 +1,11 @@
 """The typed settings a benchmark source takes: one dataclass per config section.
 
-`SOURCE_SETTINGS` names each source's settings class: the run's settings are checked against
-it before any source (or Avalanche) is imported. A source receives a `SourceSettings` subclass (its `benchmark`, `data`, `teacher` and `student`
-sections) built and checked from the run's config by the experiments floor; every field
-carries its rule and one-line description (`core.rules.setting`). A field with a default may
-be left out of the shipped configs (`+student.image_size=...` adds it).
+A source receives a `SourceSettings` subclass (its `benchmark`, `data`, `teacher` and
+`student` sections) built and checked from the run's config by the experiments floor; every
+field carries its rule and one-line description (`core.rules.setting`). A field with a default
+may be left out of the shipped configs (`+student.image_size=...` adds it). `SOURCE_SETTINGS`
+names each source's settings class, so the settings are checked before any source (or
+Avalanche) is imported.
 """
 
 from __future__ import annotations
@@ -180,16 +181,25 @@ class PooledTeacher(Budget):
 
 
 @dataclass(frozen=True)
-class ImageTeacher(Budget):
-    """Linear heads on a frozen pretrained feature stack, every teacher with the same budget."""
+class PretrainedNetwork:
+    """A network by name, with its weights pretrained, from a local file, or random."""
 
-    arch: str = setting(NAME, "the frozen feature stack: a timm name or torchvision:<name>")
+    arch: str = setting(NAME, "the network: a timm name or torchvision:<name>")
     pretrained: bool = setting(BOOLEAN, "load the architecture's pretrained weights")
     checkpoint: str | None = setting(FILE, "a local weights file (offline)")
-    heads: str | None = setting(FILE, "linear heads trained elsewhere, one per teacher")
     image_size: int | None = setting(
-        optional(whole(1)), "this model's crop side; null: data.image_size", default=None
+        optional(whole(1)),
+        "this model's crop side; null: data.image_size",
+        default=None,
+        kw_only=True,
     )
+
+
+@dataclass(frozen=True)
+class ImageTeacher(PretrainedNetwork, Budget):
+    """Linear heads on a frozen pretrained feature stack, every teacher with the same budget."""
+
+    heads: str | None = setting(FILE, "linear heads trained elsewhere, one per teacher")
 
 
 @dataclass(frozen=True)
@@ -207,14 +217,8 @@ class CNNStudent:
 
 
 @dataclass(frozen=True)
-class ImageStudent:
-    arch: str = setting(NAME, "the student network: a timm name or torchvision:<name>")
-    pretrained: bool = setting(BOOLEAN, "load the architecture's pretrained weights")
-    checkpoint: str | None = setting(FILE, "a local weights file (offline)")
+class ImageStudent(PretrainedNetwork):
     finetune: bool = setting(BOOLEAN, "train the whole network on images, not a linear probe")
-    image_size: int | None = setting(
-        optional(whole(1)), "this model's crop side; null: data.image_size", default=None
-    )
 
 
 # -- what a source receives ----------------------------------------------------------------------
@@ -226,9 +230,6 @@ class SourceSettings:
 
     benchmark: BenchmarkSettings = section("which benchmark, and its hierarchy")
     data: DataSettings = section("where the data is")
-
-    def check(self) -> None:
-        self.benchmark.check()
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,6 @@ class ImageSourceSettings(SourceSettings):
                 f"benchmark.hierarchy={AUTO} chooses the subdomains before the teachers train, "
                 "but teacher.heads gives teachers trained elsewhere for a fixed hierarchy; drop one"
             )
-        super().check()
 
 
 @dataclass(frozen=True)

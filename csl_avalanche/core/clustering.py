@@ -37,11 +37,10 @@ trains, lives with the data.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.hierarchy import Hierarchy
@@ -166,15 +165,3 @@ class AutoHierarchy:
 
     def __post_init__(self) -> None:
         check_sizes(self.sizes, self.num_classes)
-
-
-def configured_hierarchy(
-    benchmark: DictConfig, num_classes: int, hand_picked: Callable[[], Hierarchy]
-) -> Hierarchy | AutoHierarchy:
-    """`benchmark.hierarchy=auto` as an AutoHierarchy over `num_classes` classes, for the
-    benchmark's builder to resolve once the teacher data is at hand (its sizes checked now,
-    before anything trains); otherwise the benchmark's own `hand_picked` hierarchy."""
-    if benchmark.get("hierarchy") != AUTO:
-        return hand_picked()
-    sizes = tuple(OmegaConf.to_object(benchmark.auto_levels))
-    return AutoHierarchy(sizes, float(benchmark.auto_holdout), num_classes)

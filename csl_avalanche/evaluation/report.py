@@ -1,4 +1,5 @@
-"""`python -m csl_avalanche.evaluation.report DIR`: aggregate every run below DIR (a Hydra sweep or a run).
+"""`python -m csl_avalanche.evaluation.report DIR`: aggregate every run below DIR (a Hydra
+sweep or a run).
 
 Runs are grouped by configuration: the resolved config minus the seed and the settings that do
 not change results (the cache folder, progress bars). Each group becomes one row of a table

@@ -2,7 +2,7 @@
 the ground-truth ceiling (`experiments.runner`), the joint reference, then the configured
 strategy arrival by arrival, evaluated on the test stream after every arrival.
 
-Units of work for resuming (`csl_avalanche.experiments.resume`): the ceiling, the joint reference, each
+Units of work for resuming (`experiments.resume`): the ceiling, the joint reference, each
 arrival with its evaluation. The joint reference is the levels protocol on the same features
 (all the data at once, the paper's fresh student at every level, no anti-forgetting plugin):
 `joint_accuracy`, the accuracy the continual student is measured against. For

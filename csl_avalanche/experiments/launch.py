@@ -12,6 +12,7 @@ loads only under torchrun).
 from __future__ import annotations
 
 import os
+import traceback
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -37,6 +38,9 @@ class TorchrunLaunch(Callback):
             distributed.join(settings.device, settings.seed)
         except ConfigError as err:
             refuse(err)
+        except Exception:  # Hydra would turn it into a warning, and P runs would start alone
+            traceback.print_exc()
+            raise SystemExit(1) from None
         run_dir = distributed.broadcast_object(str(OmegaConf.select(config, "hydra.run.dir")))
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.run.dir = run_dir

@@ -7,7 +7,7 @@ that contradict each other raise one ConfigError naming the key, the value and t
 `strategy.epochs must be a whole number >= 1, got 'abc'`.
 
 The sections `benchmark`, `data`, `teacher` and `student` belong to the benchmark: their types
-are the settings class its source registered (`benchmarks.settings`). The anti-forgetting
+are its settings class (`benchmarks.settings.SOURCE_SETTINGS`). The anti-forgetting
 plugins declare theirs beside the plugin (`training.plugins.continual`).
 
 The walk checks the composed config rather than letting OmegaConf type it at composition:
@@ -188,7 +188,10 @@ def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """The config as plain dicts and lists, without Hydra's own `hydra` node (which a Hydra
     callback's config carries)."""
     if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+        # Hydra's node holds values only a running job can resolve (hydra.job.num): drop it
+        # before resolving.
+        ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        return OmegaConf.to_container(ours, resolve=True)
     return {key: value for key, value in cfg.items() if key != "hydra"}
 
 

@@ -4,7 +4,8 @@ They join the CSL strategy after its CoSupervisionPlugin, so they only ever see 
 kept, teacher-labelled dataset: ReplayPlugin stores `strategy.experience.dataset`, EWC's
 importance pass re-reads it with the hard pseudo-labels, LwF records its classes from it.
 Each plugin's settings class names the keyword arguments it takes, with their rules
-(Avalanche itself checks them with bare asserts, or not).
+(Avalanche itself checks them with bare asserts, or not); a knob left out takes Avalanche's
+own default.
 """
 
 from __future__ import annotations
@@ -31,17 +32,21 @@ from csl_avalanche.core.rules import (
 
 @dataclass(frozen=True)
 class ReplaySettings:
-    mem_size: int = setting(whole(1), "samples kept over all earlier levels")
+    mem_size: int = setting(whole(1), "samples kept over all earlier levels", default=200)
     batch_size_mem: int | None = setting(
-        optional(whole(1)), "memory samples per batch; null: strategy.batch_size"
+        optional(whole(1)), "memory samples per batch; null: strategy.batch_size", default=None
     )
 
 
 @dataclass(frozen=True)
 class EWCSettings:
     ewc_lambda: float = setting(NON_NEGATIVE, "penalty weight")
-    mode: str = setting(choice("separate", "online"), "one penalty per earlier level, or online")
-    decay_factor: float | None = setting(optional(UNIT), "online only: the importance's decay")
+    mode: str = setting(
+        choice("separate", "online"), "one penalty per earlier level, or online", default="separate"
+    )
+    decay_factor: float | None = setting(
+        optional(UNIT), "online only: the importance's decay", default=None
+    )
 
     def check(self) -> None:
         if (self.mode == "online") != (self.decay_factor is not None):
@@ -55,9 +60,11 @@ class EWCSettings:
 @dataclass(frozen=True)
 class LwFSettings:
     alpha: float | list[float] = setting(
-        either(NON_NEGATIVE, list_of(NON_NEGATIVE)), "distillation weight (or one per level)"
+        either(NON_NEGATIVE, list_of(NON_NEGATIVE)),
+        "distillation weight (or one per level)",
+        default=1.0,
     )
-    temperature: float = setting(POSITIVE, "softmax temperature of the distillation")
+    temperature: float = setting(POSITIVE, "softmax temperature of the distillation", default=2.0)
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,8 @@ def plugin_settings(name: str, knobs: Any) -> Any:
 
 def build_continual_plugins(plugins: Mapping[str, Any] | None) -> list:
     """One plugin per entry of `plugins` (name -> its settings, or their mapping), in order."""
-    return [
-        CONTINUAL_PLUGINS[name].build(plugin_settings(name, knobs))
-        for name, knobs in (plugins or {}).items()
-    ]
+    built = []
+    for name, knobs in (plugins or {}).items():
+        settings = plugin_settings(name, knobs)  # refuses an unknown plugin or knob
+        built.append(CONTINUAL_PLUGINS[name].build(settings))
+    return built
