@@ -25,9 +25,9 @@ warnings.filterwarnings("ignore", message="no QP solver found")
 from avalanche.evaluation.metrics import accuracy_metrics  # noqa: E402
 from avalanche.training.plugins import EvaluationPlugin  # noqa: E402
 
-from csl_avalanche import cosupervision as cs  # noqa: E402
 from csl_avalanche.benchmarks.features import FeatureSet, load_features, save_features  # noqa: E402
 from csl_avalanche.benchmarks.streams import make_csl_benchmark  # noqa: E402
+from csl_avalanche.core import cosupervision as cs  # noqa: E402
 from csl_avalanche.core.hierarchy import Hierarchy  # noqa: E402
 from csl_avalanche.strategies import CSLStrategy  # noqa: E402
 
