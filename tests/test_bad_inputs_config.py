@@ -59,6 +59,8 @@ BAD_SETTINGS = [
     (["strategy.logconf_alpha=abc"], ["strategy.logconf_alpha", "number", "got 'abc'"]),
     (["strategy.logconf_warmup=2"], ["strategy.logconf_warmup", "in [0, 1]", "got 2"]),
     (["strategy.logconf_warmup=nan"], ["strategy.logconf_warmup", "finite", "got nan"]),
+    (["strategy.logconf_alpha=0.3"], ["strategy.logconf_alpha", "add strategy.loss=logconf"]),
+    (["strategy.logconf_warmup=0.1"], ["strategy.logconf_warmup", "strategy.loss=ce"]),
     (["teacher.steps=0"], ["teacher.steps must be a whole number >= 1", "got 0"]),
     (["teacher.batch_size=abc"], ["teacher.batch_size", "whole number", "got 'abc'"]),
     (["teacher.lr=nan"], ["teacher.lr", "finite number in (0, 1]", "got nan"]),

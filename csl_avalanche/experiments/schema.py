@@ -84,8 +84,22 @@ class StrategySettings:
         optional(whole(1)), "redo the E-step every E epochs of a level; null: once (the paper)"
     )
     loss: str = setting(choice(*LOSSES), "ce, or logconf (the auxiliary confidence loss)")
-    logconf_alpha: float = setting(UNIT, "logconf: the confidence term's weight")
-    logconf_warmup: float = setting(UNIT, "logconf: fraction of a level's steps to ramp it in")
+    logconf_alpha: float | None = setting(
+        optional(UNIT), "logconf only: the confidence term's weight (null: 0.5)"
+    )
+    logconf_warmup: float | None = setting(
+        optional(UNIT), "logconf only: fraction of a level's steps to ramp it in (null: 0.2)"
+    )
+
+    def check(self) -> None:
+        """The confidence loss's knobs only with the confidence loss (else they would be
+        silently ignored)."""
+        given = [k for k in ("logconf_alpha", "logconf_warmup") if getattr(self, k) is not None]
+        if given and self.loss != "logconf":
+            raise ConfigError(
+                f"strategy.{given[0]} sets the confidence loss, but strategy.loss={self.loss}; "
+                f"add strategy.loss=logconf or drop strategy.{given[0]}"
+            )
 
 
 @dataclass(frozen=True)

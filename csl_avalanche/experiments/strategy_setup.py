@@ -84,7 +84,8 @@ def loss_kwargs(settings: RunSettings) -> dict:
     """The student's training loss: for the configured strategy, never the ceiling (PGR's
     reference stays the student on ground truth with plain cross-entropy)."""
     s = settings.strategy
-    return {"loss": s.loss, "logconf_alpha": s.logconf_alpha, "logconf_warmup": s.logconf_warmup}
+    knobs = {"logconf_alpha": s.logconf_alpha, "logconf_warmup": s.logconf_warmup}
+    return {"loss": s.loss, **{k: v for k, v in knobs.items() if v is not None}}
 
 
 def run_plugins(settings: RunSettings, name: str) -> list:
