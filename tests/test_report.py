@@ -193,3 +193,17 @@ def test_multirun_over_continual_mode_and_plugins_then_report(tmp_path):
 
     table = write_report(sweep)
     assert "plugins=[]" in table and "plugins=[replay,ewc,lwf]" in table
+
+
+def test_settings_that_cannot_change_results_do_not_split_variants(fake_sweep):
+    """The E-step's chunk size gives the same results bit for bit (docs/design.md), as do the
+    cache folder, progress bars and resume: runs differing only in them are one variant."""
+    for job, chunk in enumerate((512, 1024, None, 64, 128)):
+        path = fake_sweep / str(job) / "results.json"
+        run = json.loads(path.read_text())
+        run["config"]["strategy"]["chunk_size"] = chunk
+        run["config"]["resume"] = job % 2 == 0
+        path.write_text(json.dumps(run))
+    variants = load_variants(fake_sweep)
+    assert [v.label for v in variants] == ["plugins=[]", "plugins=[replay]"]
+    assert [v.seeds for v in variants] == [[0, 1], [0, 1, 2]]

@@ -1,8 +1,9 @@
 """`python -m csl_avalanche.evaluation.report DIR`: aggregate every run below DIR (a Hydra
 sweep or a run).
 
-Runs are grouped by configuration: the resolved config minus the seed and the settings that do
-not change results (the cache folder, progress bars). Each group becomes one row of a table
+Runs are grouped by configuration: the resolved config minus the seed and the settings that
+cannot change results (`core.inert_settings`: the cache folder, progress bars, resume, the
+E-step's chunk size). Each group becomes one row of a table
 with the mean and spread (sample standard deviation) over its seeds of the final accuracy, the
 PGR after each level and the final mean forgetting; the table goes to DIR/report.md and the
 console, with two plots: PGR per level per variant and each variant's mean accuracy matrix.
@@ -34,8 +35,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from csl_avalanche.core.errors import ConfigError, refuse  # noqa: E402
+from csl_avalanche.core.inert_settings import without_inert_settings  # noqa: E402
 
-NOT_A_SETTING = ("seed", "cache_dir", "progress", "resume")  # differ between runs of one config
 PGR_PLOT = "pgr_per_level.png"
 MATRIX_PLOT = "accuracy_matrix.png"
 AVERAGE_ACCURACY_PLOT = "average_accuracy.png"
@@ -106,6 +107,14 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def configuration(config: dict) -> dict[str, str]:
+    """The flattened settings that tell one configuration from another: the resolved config
+    without the seed (it tells the runs of one configuration apart) and the inert settings."""
+    settings = without_inert_settings(config)
+    settings.pop("seed", None)
+    return flatten(settings)
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -124,8 +133,7 @@ def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Varia
         except ConfigError as err:
             warn(f"skipping {err}")
             continue
-        config = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
-        settings = flatten(config)
+        settings = configuration(run["config"])
         key = json.dumps(settings, sort_keys=True)
         variants.setdefault(key, Variant(settings)).runs.append(run)
     if not variants:
