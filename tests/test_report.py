@@ -195,6 +195,37 @@ def test_multirun_over_continual_mode_and_plugins_then_report(tmp_path):
     assert "plugins=[]" in table and "plugins=[replay,ewc,lwf]" in table
 
 
+def test_runs_that_resume_false_moved_aside_are_left_out(tmp_path):
+    """`resume=false` moves the old run's files into `<run>/replaced-<time>[-n]/`
+    (experiments.resume); the report counts the run in the folder once, not seeds 0,0,0."""
+    root = write_runs(tmp_path, [fake_run(0, {}, [0.2, 0.4], 0.1)])
+    for aside in ("replaced-20240102-030405", "replaced-20240102-030405-1"):
+        (root / "0" / aside).mkdir()
+        (root / "0" / aside / "results.json").write_text(json.dumps(fake_run(0, {}, [0.9], 0.0)))
+    warnings = []
+    variants = load_variants(root, warn=warnings.append)
+    assert [v.seeds for v in variants] == [[0]]
+    assert variants[0].pgr(1) == [0.4]
+    assert warnings == [
+        "left out 2 results.json in replaced-<time> folders: earlier runs that resume=false "
+        "moved aside (give such a folder as DIR to report it)"
+    ]
+    (variant,) = load_variants(root / "0" / "replaced-20240102-030405")  # asked for by name
+    assert variant.pgr(0) == [0.9]
+
+
+def test_a_configuration_and_seed_is_counted_once(tmp_path):
+    run = fake_run(0, {}, [0.2, 0.4], 0.1)
+    root = write_runs(tmp_path, [run, fake_run(1, {}, [0.4, 0.6], 0.3), run])  # 2 is a copy of 0
+    warnings = []
+    (variant,) = load_variants(root, warn=warnings.append)
+    assert variant.seeds == [0, 1]
+    assert warnings == [
+        f"skipping {root / '2' / 'results.json'}: it repeats {root / '0' / 'results.json'} "
+        "(the same configuration and seed 0); a run counts once"
+    ]
+
+
 def test_settings_that_cannot_change_results_do_not_split_variants(fake_sweep):
     """The E-step's chunk size gives the same results bit for bit (docs/design.md), as do the
     cache folder, progress bars and resume: runs differing only in them are one variant."""

@@ -11,6 +11,11 @@ Runs of `scenario=class_incremental` get a table of their own (final average acc
 mean forgetting, backward transfer, PGR, joint accuracy), their accuracy matrices (arrival x
 subdomain) and a plot of the average accuracy against arrivals, one line per configuration.
 
+Each run counts once: a results.json in a `replaced-<time>/` folder (an earlier run that
+`resume=false` moved aside; see `experiments.resume`) is left out unless DIR is that folder,
+and a second results.json of the same configuration and seed (a copy) is skipped; a warning
+says so.
+
 A run whose PGR is null at a level (results.json's `pgr_note` says why) counts as n/a there:
 it is left out of that level's mean, and the cell says how many runs were n/a. A results.json
 that cannot be read, or lacks what the report needs, is skipped with a warning; it is an error
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -37,6 +43,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from csl_avalanche.core.errors import ConfigError, refuse  # noqa: E402
 from csl_avalanche.core.inert_settings import without_inert_settings  # noqa: E402
 
+RESULTS = "results.json"
+REPLACED = re.compile(r"replaced-\d{8}-\d{6}(-\d+)?")
 PGR_PLOT = "pgr_per_level.png"
 MATRIX_PLOT = "accuracy_matrix.png"
 AVERAGE_ACCURACY_PLOT = "average_accuracy.png"
@@ -50,6 +58,7 @@ class Variant:
 
     settings: dict[str, str]  # flattened config, dotted keys
     runs: list[dict] = field(default_factory=list)
+    paths: dict[int, Path] = field(default_factory=dict)  # seed -> the results.json it came from
     label: str = ""
 
     @property
@@ -120,13 +129,20 @@ def _warn(message: str) -> None:
 
 
 def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Variant]:
-    """Every readable results.json below `root`, grouped by configuration, in first-seen path
-    order; `warn` (default: a `warning:` line on stderr) hears of each one skipped."""
+    """Every readable results.json below `root` but those of replaced runs, grouped by
+    configuration, in first-seen path order; `warn` (default: a `warning:` line on stderr)
+    hears of each one left out."""
     if not root.is_dir():
         fault = "is not a folder" if root.exists() else "does not exist"
         raise ConfigError(f"{root} {fault}; give the folder of a run or of a sweep")
+    found = sorted(root.rglob(RESULTS), key=_natural)
+    paths = [path for path in found if not _replaced(path.relative_to(root))]
+    if len(paths) < len(found):
+        warn(
+            f"left out {len(found) - len(paths)} results.json in replaced-<time> folders: "
+            "earlier runs that resume=false moved aside (give such a folder as DIR to report it)"
+        )
     variants: dict[str, Variant] = {}
-    paths = sorted(root.rglob("results.json"), key=_natural)
     for path in paths:
         try:
             run = read_run(path)
@@ -134,16 +150,29 @@ def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Varia
             warn(f"skipping {err}")
             continue
         settings = configuration(run["config"])
-        key = json.dumps(settings, sort_keys=True)
-        variants.setdefault(key, Variant(settings)).runs.append(run)
+        variant = variants.setdefault(json.dumps(settings, sort_keys=True), Variant(settings))
+        if first := variant.paths.get(run["seed"]):
+            warn(
+                f"skipping {path}: it repeats {first} (the same configuration and seed "
+                f"{run['seed']}); a run counts once"
+            )
+            continue
+        variant.runs.append(run)
+        variant.paths[run["seed"]] = path
     if not variants:
-        skipped = f" ({len(paths)} skipped, see the warnings)" if paths else ""
+        skipped = f" ({len(found)} skipped, see the warnings)" if found else ""
         raise ConfigError(
             f"no readable results.json below {root}{skipped}; give the folder of a run or of a "
             "sweep (hydra.run.dir or hydra.sweep.dir)"
         )
     _label(list(variants.values()))
     return list(variants.values())
+
+
+def _replaced(path: Path) -> bool:
+    """Whether `path` lies in a folder where `resume=false` moved an earlier run's files
+    (`replaced-%Y%m%d-%H%M%S`, then `-1`, `-2`, ... if taken: experiments.resume)."""
+    return any(REPLACED.fullmatch(part) for part in path.parts[:-1])
 
 
 def read_run(path: Path) -> dict:
