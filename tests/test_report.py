@@ -13,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from csl_avalanche.core.errors import ConfigError
-from csl_avalanche.evaluation.report import load_variants, main, write_report
+from csl_avalanche.evaluation.report import load_variants, main, mean_matrix, write_report
 
 PNG = b"\x89PNG"
 
@@ -238,3 +238,50 @@ def test_settings_that_cannot_change_results_do_not_split_variants(fake_sweep):
     variants = load_variants(fake_sweep)
     assert [v.label for v in variants] == ["plugins=[]", "plugins=[replay]"]
     assert [v.seeds for v in variants] == [[0, 1], [0, 1, 2]]
+
+
+def with_hierarchy(run: dict, groups: list[list[int]]) -> dict:
+    """`run` with a hierarchy of one generalist over 4 classes and `groups` below it."""
+    names = ["classes_" + ",".join(map(str, group)) for group in groups]
+    return {**run, "hierarchy": [[[0, 1, 2, 3]], groups], "subdomains": names}
+
+
+def test_runs_of_different_hierarchies_average_their_matrices_apart(tmp_path):
+    """With benchmark.hierarchy=auto each seed may choose other subdomains: the table averages
+    over all seeds (its numbers are of the whole test split or per level), the accuracy matrix
+    (one column per subdomain) only over the runs of one hierarchy."""
+    split, paired = [[0, 1], [2, 3]], [[0, 2], [1, 3]]
+    root = write_runs(
+        tmp_path,
+        [
+            with_hierarchy(fake_run(0, {}, [0.2, 0.4], 0.1), split),
+            with_hierarchy(fake_run(1, {}, [0.2, 0.6], 0.1), paired),
+            with_hierarchy(fake_run(3, {}, [0.2, 0.8], 0.1), split),
+        ],
+    )
+    warnings = []
+    (variant,) = load_variants(root, warn=warnings.append)
+    assert warnings == [
+        "the runs of 'all runs' differ in subdomains, hierarchy or arrival order (seeds 0,3 | 1): "
+        "accuracy_matrix.png averages each group apart"
+    ]
+    assert variant.pgr(1) == [0.4, 0.6, 0.8]
+    groups = variant.matrix_groups()
+    assert [[run["seed"] for run in runs] for runs in groups] == [[0, 3], [1]]
+    assert mean_matrix(groups[0]) == [pytest.approx([0.65, 0.6]), [0.7, 0.8]]  # seeds 0 and 3
+    assert mean_matrix(groups[1]) == [pytest.approx([0.6, 0.6]), [0.7, 0.8]]
+    write_report(root)
+    assert (root / "accuracy_matrix.png").read_bytes()[:4] == PNG
+
+
+def test_class_incremental_runs_of_different_arrival_orders_average_their_matrices_apart(tmp_path):
+    """An arrival matrix's rows are arrivals: with scenario.order=random they mean other
+    subdomains in each seed."""
+    runs = [fake_arrival_run(seed, {}, [0.9, 0.6], 0.3, 0.1) for seed in range(3)]
+    for run, order in zip(runs, (["a", "b"], ["b", "a"], ["a", "b"]), strict=True):
+        run["order"] = order
+    warnings = []
+    (variant,) = load_variants(write_runs(tmp_path, runs), warn=warnings.append)
+    assert len(warnings) == 1
+    assert "(seeds 0,2 | 1)" in warnings[0] and "arrival_accuracy_matrix.png" in warnings[0]
+    assert [[run["seed"] for run in runs] for runs in variant.matrix_groups()] == [[0, 2], [1]]

@@ -3,13 +3,23 @@ sweep or a run).
 
 Runs are grouped by configuration: the resolved config minus the seed and the settings that
 cannot change results (`core.inert_settings`: the cache folder, progress bars, resume, the
-E-step's chunk size). Each group becomes one row of a table
-with the mean and spread (sample standard deviation) over its seeds of the final accuracy, the
-PGR after each level and the final mean forgetting; the table goes to DIR/report.md and the
-console, with two plots: PGR per level per variant and each variant's mean accuracy matrix.
-Runs of `scenario=class_incremental` get a table of their own (final average accuracy, final
-mean forgetting, backward transfer, PGR, joint accuracy), their accuracy matrices (arrival x
-subdomain) and a plot of the average accuracy against arrivals, one line per configuration.
+E-step's chunk size). Each group becomes one row of a table with the mean and spread (sample
+standard deviation) over its seeds of the final accuracy, the PGR after each level and the
+final mean forgetting; the table goes to DIR/report.md and the console, with two plots: PGR per
+level per variant and each variant's mean accuracy matrix. Runs of `scenario=class_incremental`
+get a table of their own (final average accuracy, final mean forgetting, backward transfer,
+PGR, joint accuracy), their accuracy matrices (arrival x subdomain) and a plot of the average
+accuracy against arrivals, one line per configuration.
+
+Runs of one configuration may differ in their subdomains: with `benchmark.hierarchy=auto` each
+seed chooses its own (results.json's `hierarchy` and `subdomains`), and with
+`scenario.order=random` each seed has its own arrival order (`order`). The table still averages
+over every seed: its numbers (accuracy on the whole test split, PGR per level, forgetting and
+backward transfer averaged over the subdomains) are comparable across hierarchies, and the
+hierarchy a seed led to is part of what the configuration does. An accuracy matrix is not: its
+columns are subdomains (and an arrival matrix's rows are arrivals), so it averages only the runs
+with the same subdomains, hierarchy and arrival order. A configuration whose runs differ gets
+one matrix per group of seeds, titled with the seeds, and a warning naming it.
 
 Each run counts once: a results.json in a `replaced-<time>/` folder (an earlier run that
 `resume=false` moved aside; see `experiments.resume`) is left out unless DIR is that folder,
@@ -44,6 +54,9 @@ from csl_avalanche.core.errors import ConfigError, refuse  # noqa: E402
 from csl_avalanche.core.inert_settings import without_inert_settings  # noqa: E402
 
 RESULTS = "results.json"
+# What a matrix column (subdomain) or row (arrival) means; `hierarchy` and `order` are absent
+# from older results.json, and `order` from levels runs.
+MATRIX_KEYS = ("subdomains", "hierarchy", "order")
 REPLACED = re.compile(r"replaced-\d{8}-\d{6}(-\d+)?")
 PGR_PLOT = "pgr_per_level.png"
 MATRIX_PLOT = "accuracy_matrix.png"
@@ -100,6 +113,15 @@ class Variant:
 
     def num_arrivals(self) -> int:
         return max(len(run["arrivals"]) for run in self.runs)
+
+    def matrix_groups(self) -> list[list[dict]]:
+        """The runs whose accuracy matrices can be averaged, in first-seen order: those with
+        the same subdomains, hierarchy and arrival order (MATRIX_KEYS)."""
+        groups: dict[str, list[dict]] = {}
+        for run in self.runs:
+            key = json.dumps([run.get(k) for k in MATRIX_KEYS])
+            groups.setdefault(key, []).append(run)
+        return list(groups.values())
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -166,7 +188,18 @@ def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Varia
             "sweep (hydra.run.dir or hydra.sweep.dir)"
         )
     _label(list(variants.values()))
+    for variant in variants.values():
+        if len(groups := variant.matrix_groups()) > 1:
+            plot = ARRIVAL_MATRIX_PLOT if variant.scenario == INCREMENTAL else MATRIX_PLOT
+            warn(
+                f"the runs of '{variant.label}' differ in subdomains, hierarchy or arrival order "
+                f"(seeds {' | '.join(map(_seed_list, groups))}): {plot} averages each group apart"
+            )
     return list(variants.values())
+
+
+def _seed_list(runs: list[dict]) -> str:
+    return ",".join(str(seed) for seed in sorted(run["seed"] for run in runs))
 
 
 def _replaced(path: Path) -> bool:
@@ -346,24 +379,27 @@ def _plot_per_step(
 
 
 def plot_accuracy_matrices(variants: list[Variant], path: Path, rows_are: str = "level") -> None:
-    """One heatmap per variant: mean over seeds of accuracy[level (or arrival), subdomain]."""
-    cols = min(3, len(variants))
-    rows = math.ceil(len(variants) / cols)
+    """One heatmap per variant: mean over seeds of accuracy[level (or arrival), subdomain]; a
+    variant whose runs differ in subdomains gets one per group of seeds (`matrix_groups`)."""
+    panels = []
+    for v in variants:
+        groups = v.matrix_groups()
+        for runs in groups:
+            title = v.label if len(groups) == 1 else f"{v.label}\nseeds {_seed_list(runs)}"
+            panels.append((title, runs))
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(variants) :]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    for ax, v in zip(axes.flat, variants, strict=False):
-        matrices = [run["accuracy_matrix"] for run in v.runs]
-        mean = [
-            [statistics.fmean(cells) for cells in zip(*rows_, strict=True)]
-            for rows_ in zip(*matrices, strict=True)
-        ]
+    for ax, (title, runs) in zip(axes.flat, panels, strict=False):
+        mean = mean_matrix(runs)
         image = ax.imshow(mean, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        subdomains = v.runs[0]["subdomains"]
+        subdomains = runs[0]["subdomains"]
         ax.set_xticks(range(len(subdomains)), subdomains, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(mean)))
         ax.set_ylabel(f"after {rows_are}")
-        ax.set_title(v.label, fontsize=8)
+        ax.set_title(title, fontsize=8)
         for i, row in enumerate(mean):
             for j, value in enumerate(row):
                 color = "k" if value > 0.6 else "w"
@@ -372,6 +408,15 @@ def plot_accuracy_matrices(variants: list[Variant], path: Path, rows_are: str = 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def mean_matrix(runs: list[dict]) -> list[list[float]]:
+    """The cell-by-cell mean of the runs' accuracy matrices (of one shape)."""
+    matrices = [run["accuracy_matrix"] for run in runs]
+    return [
+        [statistics.fmean(cells) for cells in zip(*rows, strict=True)]
+        for rows in zip(*matrices, strict=True)
+    ]
 
 
 def write_report(root: Path) -> str:
