@@ -201,7 +201,7 @@ def test_runs_that_resume_false_moved_aside_are_left_out(tmp_path):
     root = write_runs(tmp_path, [fake_run(0, {}, [0.2, 0.4], 0.1)])
     for aside in ("replaced-20240102-030405", "replaced-20240102-030405-1"):
         (root / "0" / aside).mkdir()
-        (root / "0" / aside / "results.json").write_text(json.dumps(fake_run(0, {}, [0.9], 0.0)))
+        (root / "0" / aside / "results.json").write_text(json.dumps(fake_run(0, {}, [0.9, 1], 0)))
     warnings = []
     variants = load_variants(root, warn=warnings.append)
     assert [v.seeds for v in variants] == [[0]]
@@ -285,3 +285,29 @@ def test_class_incremental_runs_of_different_arrival_orders_average_their_matric
     assert len(warnings) == 1
     assert "(seeds 0,2 | 1)" in warnings[0] and "arrival_accuracy_matrix.png" in warnings[0]
     assert [[run["seed"] for run in runs] for runs in variant.matrix_groups()] == [[0, 2], [1]]
+
+
+def test_a_config_of_any_json_groups_its_runs(tmp_path):
+    """The report reads `config` as opaque settings: `plugins` need not be a mapping."""
+    root = write_runs(tmp_path, [fake_run(0, {}, [0.2, 0.4], 0.1), fake_run(0, 5, [0.2, 0.4], 0.1)])
+    assert [v.label for v in load_variants(root)] == ["plugins=[]", "plugins=5"]
+
+
+def test_dollar_signs_in_names_and_settings_are_drawn_as_they_are(tmp_path):
+    """Matplotlib would parse `$...$` in a label or tick as math, and fail on a bad formula."""
+    run = fake_run(0, {}, [0.2, 0.4], 0.1)
+    run["subdomains"] = ["price_$\\frac$", "b"]
+    other = {**fake_run(0, {}, [0.2, 0.4], 0.1), "config": {**run["config"], "tag": "$^$"}}
+    write_report(write_runs(tmp_path, [run, other]))
+    for plot in ("pgr_per_level.png", "accuracy_matrix.png"):
+        assert (tmp_path / plot).read_bytes()[:4] == PNG
+
+
+def test_the_mean_of_huge_pgrs_does_not_overflow(tmp_path):
+    """PGR divides by the gap between ceiling and weak accuracy, which may be tiny."""
+    runs = [fake_run(seed, {}, [0.2, 0.4], 0.1) for seed in range(3)]
+    for run, pgr in zip(runs, (1.7e308, 1.7e308, -1.7e308), strict=True):
+        run["levels"][0]["pgr"] = pgr
+    table = write_report(write_runs(tmp_path, runs))
+    assert "| all runs | 0,1,2 | 0.600 ± 0.000 | 56666" in table
+    assert "| 0.400 ± 0.000 | 0.100 ± 0.000 |" in table

@@ -28,8 +28,10 @@ says so.
 
 A run whose PGR is null at a level (results.json's `pgr_note` says why) counts as n/a there:
 it is left out of that level's mean, and the cell says how many runs were n/a. A results.json
-that cannot be read, or lacks what the report needs, is skipped with a warning; it is an error
-only when no run is left.
+that cannot be read, lacks what the report reads or holds it malformed (a value of the wrong
+kind, an accuracy outside [0, 1], an accuracy matrix of another shape than its levels (arrivals)
+x subdomains), or whose matrix shape differs from that of the first run of its configuration,
+is skipped with a warning naming it; it is an error only when no run is left.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import argparse
 import json
 import math
 import re
+import reprlib
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -52,6 +55,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from csl_avalanche.core.errors import ConfigError, refuse  # noqa: E402
 from csl_avalanche.core.inert_settings import without_inert_settings  # noqa: E402
+from csl_avalanche.core.rules import NAME, Rule, list_of, optional, whole  # noqa: E402
 
 RESULTS = "results.json"
 # What a matrix column (subdomain) or row (arrival) means; `hierarchy` and `order` are absent
@@ -63,6 +67,7 @@ MATRIX_PLOT = "accuracy_matrix.png"
 AVERAGE_ACCURACY_PLOT = "average_accuracy.png"
 ARRIVAL_MATRIX_PLOT = "arrival_accuracy_matrix.png"
 INCREMENTAL = "class_incremental"
+LITERAL_TEXT = {"text.parse_math": False}  # labels are settings and names: `$` is no formula
 
 
 @dataclass
@@ -129,7 +134,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     flat = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if name == "plugins":
+        if name == "plugins" and isinstance(value, dict):
             flat[name] = "[" + ",".join(value) + "]"
         if isinstance(value, dict):
             flat.update(flatten(value, f"{name}."))
@@ -167,17 +172,20 @@ def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Varia
     variants: dict[str, Variant] = {}
     for path in paths:
         try:
-            run = read_run(path)
+            run, settings = read_run(path)
         except ConfigError as err:
             warn(f"skipping {err}")
             continue
-        settings = configuration(run["config"])
         variant = variants.setdefault(json.dumps(settings, sort_keys=True), Variant(settings))
         if first := variant.paths.get(run["seed"]):
             warn(
                 f"skipping {path}: it repeats {first} (the same configuration and seed "
                 f"{run['seed']}); a run counts once"
             )
+            continue
+        if variant.runs and (shape := _shape(run)) != (expected := _shape(variant.runs[0])):
+            first = variant.paths[variant.runs[0]["seed"]]
+            warn(f"skipping {path}: {shape}, but {first} of the same configuration has {expected}")
             continue
         variant.runs.append(run)
         variant.paths[run["seed"]] = path
@@ -198,6 +206,12 @@ def load_variants(root: Path, warn: Callable[[str], None] = _warn) -> list[Varia
     return list(variants.values())
 
 
+def _shape(run: dict) -> str:
+    """A run's accuracy matrix shape, e.g. `3 x 4 levels x subdomains`."""
+    stages = _stages(run)
+    return f"{len(run[stages])} x {len(run['subdomains'])} {stages} x subdomains"
+
+
 def _seed_list(runs: list[dict]) -> str:
     return ",".join(str(seed) for seed in sorted(run["seed"] for run in runs))
 
@@ -208,60 +222,111 @@ def _replaced(path: Path) -> bool:
     return any(REPLACED.fullmatch(part) for part in path.parts[:-1])
 
 
-def read_run(path: Path) -> dict:
-    """One results.json, with what the report reads; ConfigError names the file and the fault."""
+def read_run(path: Path) -> tuple[dict, dict[str, str]]:
+    """One results.json, with what the report reads, and its configuration (`configuration`);
+    ConfigError names the file and the fault."""
     try:
         run = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad UTF-8, bad JSON, 5000-digit number
         raise ConfigError(f"{path}: not a readable JSON file ({err})") from None
+    except RecursionError:  # JSON nested deeper than Python's stack
+        raise ConfigError(f"{path}: not a readable JSON file (nested too deeply)") from None
     if problem := _lacks(run):
         raise ConfigError(f"{path}: not a run's results.json ({problem})")
-    return run
+    try:
+        return run, configuration(run["config"])
+    except RecursionError:
+        raise ConfigError(f"{path}: not a run's results.json (config nested too deeply)") from None
+
+
+def _is_list_of(value: object, accepts: Callable[[object], bool]) -> bool:
+    return isinstance(value, list) and all(accepts(item) for item in value)
+
+
+# What the report reads of a results.json, each value with its rule: keys that must be there,
+# and keys checked where they are (absent from older results.json or from one scenario).
+OBJECT = Rule("an object", lambda v: isinstance(v, dict))
+ACCURACY = Rule("a number from 0 to 1", lambda v: _is_number(v) and 0 <= v <= 1)
+NUMBER_OR_NULL = Rule("a number or null", lambda v: v is None or _is_number(v))
+CLASS = whole(0).accepts
+NAMES = Rule("a non-empty list of names", list_of(NAME).accepts)
+HIERARCHY = Rule(
+    "a list of levels, each a list of groups of class indices",
+    lambda v: _is_list_of(v, lambda lvl: _is_list_of(lvl, lambda g: _is_list_of(g, CLASS))),
+)
+RUN = {"config": OBJECT, "seed": whole(0), "subdomains": NAMES}
+RUN_WHERE_THERE = {"hierarchy": HIERARCHY, "order": NAMES}
+STAGE = {
+    "levels": {"student_accuracy": ACCURACY, "pgr": NUMBER_OR_NULL},
+    "arrivals": {"average_accuracy": ACCURACY},
+}
+STAGE_WHERE_THERE = {"levels": {"mean_forgetting": NUMBER_OR_NULL}, "arrivals": {}}
+ARRIVALS_SUMMARY = {
+    "final_average_accuracy": ACCURACY,
+    "final_mean_forgetting": NUMBER_OR_NULL,
+    "final_backward_transfer": NUMBER_OR_NULL,
+    "pgr": NUMBER_OR_NULL,
+    "joint_accuracy": optional(ACCURACY),
+}
 
 
 def _lacks(run: object) -> str | None:
-    """What a results.json lacks for the report, or None."""
+    """What a results.json lacks (or holds malformed) of what the report reads, or None."""
     if not isinstance(run, dict):
         return f"holds a JSON {type(run).__name__}, not an object"
-    stages = "arrivals" if run.get("scenario") == INCREMENTAL else "levels"
+    stages = _stages(run)
     missing = [
         k for k in ("config", "seed", stages, "subdomains", "accuracy_matrix") if k not in run
     ]
     if missing:
         return f"no {', '.join(missing)}"
-    if not isinstance(run["config"], dict):
-        return "`config` is not an object"
-    if stages == "arrivals":
-        return _lacks_arrivals(run)
-    levels = run["levels"]
-    if not isinstance(levels, list) or not levels:
-        return "`levels` is not a non-empty list"
-    for index, level in enumerate(levels):
-        if not isinstance(level, dict) or not _is_number(level.get("student_accuracy")):
-            return f"levels[{index}] has no student_accuracy"
-        if "pgr" not in level or not (level["pgr"] is None or _is_number(level["pgr"])):
-            return f"levels[{index}] has no pgr (a number or null)"
+    if fault := _fault(run, RUN) or _fault(run, RUN_WHERE_THERE, required=False):
+        return fault
+    if not _is_list_of(run[stages], OBJECT.accepts) or not run[stages]:
+        return f"`{stages}` is not a non-empty list of objects"
+    for index, stage in enumerate(run[stages]):
+        where = f"{stages}[{index}]."
+        fault = _fault(stage, STAGE[stages], where)
+        if fault := fault or _fault(stage, STAGE_WHERE_THERE[stages], where, required=False):
+            return fault
+    if stages == "arrivals" and (fault := _fault(run, ARRIVALS_SUMMARY)):
+        return fault
+    rows, cols = len(run[stages]), len(run["subdomains"])
+    if not (
+        _is_list_of(run["accuracy_matrix"], lambda row: _is_list_of(row, ACCURACY.accepts))
+        and [len(row) for row in run["accuracy_matrix"]] == [cols] * rows
+    ):
+        return f"`accuracy_matrix` is not {rows} rows ({stages}) of {cols} numbers from 0 to 1"
     return None
 
 
-def _lacks_arrivals(run: dict) -> str | None:
-    """What a class-incremental results.json lacks for the report, or None."""
-    arrivals = run["arrivals"]
-    if not isinstance(arrivals, list) or not arrivals:
-        return "`arrivals` is not a non-empty list"
-    for index, arrival in enumerate(arrivals):
-        if not isinstance(arrival, dict) or not _is_number(arrival.get("average_accuracy")):
-            return f"arrivals[{index}] has no average_accuracy"
-    if not _is_number(run.get("final_average_accuracy")):
-        return "no final_average_accuracy"
-    for key in ("final_mean_forgetting", "final_backward_transfer", "pgr", "joint_accuracy"):
-        if key not in run or not (run[key] is None or _is_number(run[key])):
-            return f"no {key} (a number or null)"
+def _fault(
+    record: dict, rules: dict[str, Rule], where: str = "", required: bool = True
+) -> str | None:
+    """The first key of `rules` that `record` lacks (if `required`) or holds a value its rule
+    refuses, said with `where` (the record's place in the file, e.g. `levels[0].`); or None."""
+    for key, rule in rules.items():
+        if key not in record:
+            if required:
+                return f"no {where}{key} ({rule.requirement})"
+        elif not rule.accepts(record[key]):
+            return f"`{where}{key}` is not {rule.requirement} (got {reprlib.repr(record[key])})"
     return None
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A number a float holds: no bool, no NaN or infinity, no int too large (10**400)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _stages(run: dict) -> str:
+    """The key of a run's stages: `arrivals` (class-incremental) or `levels`."""
+    return "arrivals" if run.get("scenario") == INCREMENTAL else "levels"
 
 
 def _natural(path: Path) -> list[tuple[int, int | str]]:
@@ -280,12 +345,15 @@ def _label(variants: list[Variant]) -> None:
 
 def mean_spread(values: Sequence[float | None]) -> tuple[float, float]:
     """(mean, sample standard deviation) of the numbers among `values` (None: n/a); the spread
-    of a single number is 0; NaN if there is none."""
+    of a single number is 0 (inf: too large for a float); NaN if there is none."""
     numbers = [v for v in values if v is not None]
     if not numbers:
         return math.nan, math.nan
-    spread = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
-    return statistics.fmean(numbers), spread
+    try:  # exact arithmetic: huge numbers (a PGR over a tiny gap) overflow only the spread
+        spread = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+    except OverflowError:
+        spread = math.inf
+    return float(statistics.mean(numbers)), spread
 
 
 def _cell(values: Sequence[float | None]) -> str:
@@ -352,6 +420,7 @@ def plot_pgr(variants: list[Variant], path: Path) -> None:
     )
 
 
+@matplotlib.rc_context(LITERAL_TEXT)
 def _plot_per_step(
     variants: list[Variant],
     path: Path,
@@ -378,6 +447,7 @@ def _plot_per_step(
     plt.close(fig)
 
 
+@matplotlib.rc_context(LITERAL_TEXT)
 def plot_accuracy_matrices(variants: list[Variant], path: Path, rows_are: str = "level") -> None:
     """One heatmap per variant: mean over seeds of accuracy[level (or arrival), subdomain]; a
     variant whose runs differ in subdomains gets one per group of seeds (`matrix_groups`)."""
