@@ -8,8 +8,10 @@ of those cases costs a fraction of a second in-process.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import math
@@ -430,6 +432,43 @@ def test_report_skips_each_malformed_results_json_and_reports_the_rest(tmp_path)
         (line,) = [line for line in warnings if f"{path}:" in line]
         assert phrase in line, line
     assert len(warnings) == len(bad), err
+
+
+def refuse_writes(folder, monkeypatch) -> None:
+    """Make `folder` read-only. Root writes there all the same, so for root every open of a
+    file in it for writing then fails as the system would fail it for another user."""
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return
+    real_open = io.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        writes = isinstance(file, str | os.PathLike) and set(mode) & set("wax+")
+        if writes and os.path.dirname(os.path.abspath(file)) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+
+
+def test_report_into_a_read_only_folder(tmp_path, monkeypatch):
+    write_run(tmp_path / "0", json.dumps(good_run([0.25, 0.5])))
+    refuse_writes(tmp_path, monkeypatch)
+    try:
+        outcome = report(str(tmp_path))
+    finally:
+        tmp_path.chmod(0o755)
+    assert_report_error(outcome, f"cannot write {tmp_path / 'pgr_per_level.png'}", "writable")
+
+
+@pytest.mark.parametrize("output", ["report.md", "pgr_per_level.png", "accuracy_matrix.png"])
+def test_report_where_an_output_is_a_folder(tmp_path, output):
+    write_run(tmp_path / "0", json.dumps(good_run([0.25, 0.5])))
+    (tmp_path / output).mkdir()
+    assert_report_error(
+        report(str(tmp_path)), f"{tmp_path / output} is a folder", "move it out of the way"
+    )
 
 
 # --- the real command -----------------------------------------------------------------------

@@ -31,7 +31,9 @@ it is left out of that level's mean, and the cell says how many runs were n/a. A
 that cannot be read, lacks what the report reads or holds it malformed (a value of the wrong
 kind, an accuracy outside [0, 1], an accuracy matrix of another shape than its levels (arrivals)
 x subdomains), or whose matrix shape differs from that of the first run of its configuration,
-is skipped with a warning naming it; it is an error only when no run is left.
+is skipped with a warning naming it; it is an error only when no run is left. So is an output
+file that cannot be written (a read-only DIR, a folder where report.md or a plot goes): the
+error names it and the fix.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from csl_avalanche.core.errors import ConfigError, refuse  # noqa: E402
+from csl_avalanche.core.errors import ConfigError, reason, refuse  # noqa: E402
 from csl_avalanche.core.inert_settings import without_inert_settings  # noqa: E402
 from csl_avalanche.core.rules import NAME, Rule, list_of, optional, whole  # noqa: E402
 
@@ -443,8 +445,7 @@ def _plot_per_step(
     ax.set_xticks(range(max(steps(v) for v in variants)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # room for the legend, however long
-    plt.close(fig)
+    _save(fig, path, bbox_inches="tight")  # room for the legend, however long
 
 
 @matplotlib.rc_context(LITERAL_TEXT)
@@ -476,8 +477,7 @@ def plot_accuracy_matrices(variants: list[Variant], path: Path, rows_are: str = 
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def mean_matrix(runs: list[dict]) -> list[list[float]]:
@@ -527,10 +527,32 @@ def write_report(root: Path) -> str:
             f"![accuracy per arrival and subdomain]({ARRIVAL_MATRIX_PLOT})\n"
         )
     runs = sum(len(v.runs) for v in variants)
-    (root / "report.md").write_text(
-        f"# CSL report: {runs} runs, {len(variants)} configurations\n\n" + "\n".join(sections)
-    )
+    report = f"# CSL report: {runs} runs, {len(variants)} configurations\n\n" + "\n".join(sections)
+    try:
+        (root / "report.md").write_text(report)
+    except OSError as err:
+        raise _unwritable(root / "report.md", err) from None
     return "\n\n".join(tables)
+
+
+def _save(fig: plt.Figure, path: Path, **options: Any) -> None:
+    """Write `fig` as a PNG to `path` and close it."""
+    try:
+        fig.savefig(path, dpi=120, **options)
+    except OSError as err:
+        raise _unwritable(path, err) from None
+    finally:
+        plt.close(fig)
+
+
+def _unwritable(path: Path, err: OSError) -> ConfigError:
+    """The user-facing error for an output file of the report that cannot be written."""
+    if path.is_dir():
+        return ConfigError(f"{path} is a folder; move it out of the way: the report writes there")
+    return ConfigError(
+        f"cannot write {path} ({reason(err)}); make {path.parent} writable, or copy the runs "
+        "to a writable folder and report that"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
