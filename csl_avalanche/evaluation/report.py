@@ -288,8 +288,9 @@ def _lacks(run: object) -> str | None:
         return f"`{stages}` is not a non-empty list of objects"
     for index, stage in enumerate(run[stages]):
         where = f"{stages}[{index}]."
-        fault = _fault(stage, STAGE[stages], where)
-        if fault := fault or _fault(stage, STAGE_WHERE_THERE[stages], where, required=False):
+        if fault := _fault(stage, STAGE[stages], where) or _fault(
+            stage, STAGE_WHERE_THERE[stages], where, required=False
+        ):
             return fault
     if stages == "arrivals" and (fault := _fault(run, ARRIVALS_SUMMARY)):
         return fault
