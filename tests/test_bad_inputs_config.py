@@ -8,10 +8,13 @@ of those cases costs a fraction of a second in-process.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
+import errno
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -332,7 +335,7 @@ def test_report_skips_a_corrupt_run_and_reports_the_rest(tmp_path):
     assert code == 0, err
     assert err.splitlines() == [
         f"warning: skipping {tmp_path / '1' / 'results.json'}: not a run's results.json "
-        "(levels[0] has no student_accuracy)"
+        "(no levels[0].student_accuracy (a number from 0 to 1))"
     ]
     assert "| all runs | 0 | 0.800 ± 0.000 | 0.250 ± 0.000 | 0.500 ± 0.000 | – |" in out
 
@@ -343,6 +346,131 @@ def test_report_shows_null_pgr_as_na_and_leaves_it_out_of_the_mean(tmp_path):
     code, out, err = report(str(tmp_path))
     assert code == 0 and err == "", err
     assert "| all runs | 0,1 | 0.800 ± 0.000 | n/a | 0.500 ± 0.000 (1 n/a) | – |" in out
+
+
+def bad_results_files() -> dict[str, tuple[str, str]]:
+    """results.json texts the report must skip, each with the phrase its warning gives; seeds
+    2 and up, so that none repeats a good run's seed."""
+
+    def run(seed: int, **changes) -> str:
+        return json.dumps({**good_run([0.25, 0.5]), "seed": seed, **changes})
+
+    def nested(depth: int) -> dict:
+        return {"a": nested(depth - 1)} if depth else {}
+
+    def levels(**changes) -> list[dict]:
+        return [{**level, **changes} for level in good_run([0.25, 0.5])["levels"]]
+
+    return {
+        "a-list": ("[1, 2]", "holds a JSON list, not an object"),
+        "nested-too-deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        "config-nested-too-deep": (run(16, config=nested(900)), "nested too deeply"),
+        "fewer-levels": (
+            run(2, levels=levels()[:1], accuracy_matrix=[[0.8, 0.8]]),
+            "1 x 2 levels x subdomains, but",
+        ),
+        "more-subdomains": (
+            run(3, subdomains=["a", "b", "c"], accuracy_matrix=[[0.8] * 3] * 2),
+            "2 x 3 levels x subdomains, but",
+        ),
+        "accuracy-in-words": (
+            run(4, levels=levels(student_accuracy="high")),
+            "`levels[0].student_accuracy` is not a number from 0 to 1 (got 'high')",
+        ),
+        "accuracy-in-percent": (run(5, levels=levels(student_accuracy=80.0)), "(got 80.0)"),
+        "accuracy-nan": (run(6, levels=levels(student_accuracy=math.nan)), "(got nan)"),
+        "accuracy-huge": (run(17, levels=levels(student_accuracy=10**400)), "(got 1000000"),
+        "number-of-5000-digits": ("[1" + "0" * 5000 + "]", "not a readable JSON file"),
+        "pgr-in-words": (
+            run(7, levels=levels(pgr="0.5")),
+            "`levels[0].pgr` is not a number or null (got '0.5')",
+        ),
+        "forgetting-in-words": (
+            run(8, levels=levels(mean_forgetting="low")),
+            "`levels[0].mean_forgetting` is not a number or null (got 'low')",
+        ),
+        "ragged-matrix": (
+            run(9, accuracy_matrix=[[0.8, 0.8], [0.8]]),
+            "`accuracy_matrix` is not 2 rows (levels) of 2 numbers from 0 to 1",
+        ),
+        "matrix-in-words": (
+            run(10, accuracy_matrix=[["a", "b"]] * 2),
+            "`accuracy_matrix` is not 2 rows (levels) of 2 numbers from 0 to 1",
+        ),
+        "matrix-too-short": (
+            run(11, accuracy_matrix=[[0.8, 0.8]]),
+            "`accuracy_matrix` is not 2 rows (levels) of 2 numbers from 0 to 1",
+        ),
+        "seed-in-words": (run("zero"), "`seed` is not a whole number >= 0"),
+        "seed-in-a-list": (run([12]), "`seed` is not a whole number >= 0"),
+        "seed-true": (run(True), "`seed` is not a whole number >= 0"),
+        "subdomains-a-string": (
+            run(13, subdomains="ab"),
+            "`subdomains` is not a non-empty list of names (got 'ab')",
+        ),
+        "hierarchy-in-words": (
+            run(14, hierarchy="auto"),
+            "`hierarchy` is not a list of levels, each a list of groups of class",
+        ),
+        "config-a-list": (run(15, config=[1]), "`config` is not an object (got [1])"),
+    }
+
+
+def test_report_skips_each_malformed_results_json_and_reports_the_rest(tmp_path):
+    """A sweep with good runs (seeds 0, 1) and one bad results.json of each kind: exit 0, the
+    good runs in the table, and one warning per bad file naming it and what is wrong."""
+    write_run(tmp_path / "0", json.dumps(good_run([0.25, 0.5])))
+    write_run(tmp_path / "1", json.dumps({**good_run([0.25, 0.75]), "seed": 1}))
+    bad = bad_results_files()
+    for name, (text, _) in bad.items():
+        write_run(tmp_path / f"bad-{name}", text)
+    code, out, err = report(str(tmp_path))
+    assert code == 0 and "Traceback" not in err, err
+    assert "| all runs | 0,1 | 0.800 ± 0.000 | 0.250 ± 0.000 | 0.625 ± 0.177 | – |" in out
+    warnings = err.splitlines()
+    assert all(line.startswith("warning: skipping ") for line in warnings), err
+    for name, (_, phrase) in bad.items():
+        path = str(tmp_path / f"bad-{name}" / "results.json")
+        (line,) = [line for line in warnings if f"{path}:" in line]
+        assert phrase in line, line
+    assert len(warnings) == len(bad), err
+
+
+def refuse_writes(folder, monkeypatch) -> None:
+    """Make `folder` read-only. Root writes there all the same, so for root every open of a
+    file in it for writing then fails as the system would fail it for another user."""
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return
+    real_open = io.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        writes = isinstance(file, str | os.PathLike) and set(mode) & set("wax+")
+        if writes and os.path.dirname(os.path.abspath(file)) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+
+
+def test_report_into_a_read_only_folder(tmp_path, monkeypatch):
+    write_run(tmp_path / "0", json.dumps(good_run([0.25, 0.5])))
+    refuse_writes(tmp_path, monkeypatch)
+    try:
+        outcome = report(str(tmp_path))
+    finally:
+        tmp_path.chmod(0o755)
+    assert_report_error(outcome, f"cannot write {tmp_path / 'pgr_per_level.png'}", "writable")
+
+
+@pytest.mark.parametrize("output", ["report.md", "pgr_per_level.png", "accuracy_matrix.png"])
+def test_report_where_an_output_is_a_folder(tmp_path, output):
+    write_run(tmp_path / "0", json.dumps(good_run([0.25, 0.5])))
+    (tmp_path / output).mkdir()
+    assert_report_error(
+        report(str(tmp_path)), f"{tmp_path / output} is a folder", "move it out of the way"
+    )
 
 
 # --- the real command -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from csl_avalanche.core.errors import ConfigError
-from csl_avalanche.evaluation.report import load_variants, main, write_report
+from csl_avalanche.evaluation.report import load_variants, main, mean_matrix, write_report
 
 PNG = b"\x89PNG"
 
@@ -193,3 +193,121 @@ def test_multirun_over_continual_mode_and_plugins_then_report(tmp_path):
 
     table = write_report(sweep)
     assert "plugins=[]" in table and "plugins=[replay,ewc,lwf]" in table
+
+
+def test_runs_that_resume_false_moved_aside_are_left_out(tmp_path):
+    """`resume=false` moves the old run's files into `<run>/replaced-<time>[-n]/`
+    (experiments.resume); the report counts the run in the folder once, not seeds 0,0,0."""
+    root = write_runs(tmp_path, [fake_run(0, {}, [0.2, 0.4], 0.1)])
+    for aside in ("replaced-20240102-030405", "replaced-20240102-030405-1"):
+        (root / "0" / aside).mkdir()
+        (root / "0" / aside / "results.json").write_text(json.dumps(fake_run(0, {}, [0.9, 1], 0)))
+    warnings = []
+    variants = load_variants(root, warn=warnings.append)
+    assert [v.seeds for v in variants] == [[0]]
+    assert variants[0].pgr(1) == [0.4]
+    assert warnings == [
+        "left out 2 results.json in replaced-<time> folders: earlier runs that resume=false "
+        "moved aside (give such a folder as DIR to report it)"
+    ]
+    (variant,) = load_variants(root / "0" / "replaced-20240102-030405")  # asked for by name
+    assert variant.pgr(0) == [0.9]
+
+
+def test_a_configuration_and_seed_is_counted_once(tmp_path):
+    run = fake_run(0, {}, [0.2, 0.4], 0.1)
+    root = write_runs(tmp_path, [run, fake_run(1, {}, [0.4, 0.6], 0.3), run])  # 2 is a copy of 0
+    warnings = []
+    (variant,) = load_variants(root, warn=warnings.append)
+    assert variant.seeds == [0, 1]
+    assert warnings == [
+        f"skipping {root / '2' / 'results.json'}: it repeats {root / '0' / 'results.json'} "
+        "(the same configuration and seed 0); a run counts once"
+    ]
+
+
+def test_settings_that_cannot_change_results_do_not_split_variants(fake_sweep):
+    """The E-step's chunk size gives the same results bit for bit (docs/design.md), as do the
+    cache folder, progress bars and resume: runs differing only in them are one variant."""
+    for job, chunk in enumerate((512, 1024, None, 64, 128)):
+        path = fake_sweep / str(job) / "results.json"
+        run = json.loads(path.read_text())
+        run["config"]["strategy"]["chunk_size"] = chunk
+        run["config"]["resume"] = job % 2 == 0
+        path.write_text(json.dumps(run))
+    variants = load_variants(fake_sweep)
+    assert [v.label for v in variants] == ["plugins=[]", "plugins=[replay]"]
+    assert [v.seeds for v in variants] == [[0, 1], [0, 1, 2]]
+
+
+def with_hierarchy(run: dict, groups: list[list[int]]) -> dict:
+    """`run` with a hierarchy of one generalist over 4 classes and `groups` below it."""
+    names = ["classes_" + ",".join(map(str, group)) for group in groups]
+    return {**run, "hierarchy": [[[0, 1, 2, 3]], groups], "subdomains": names}
+
+
+def test_runs_of_different_hierarchies_average_their_matrices_apart(tmp_path):
+    """With benchmark.hierarchy=auto each seed may choose other subdomains: the table averages
+    over all seeds (its numbers are of the whole test split or per level), the accuracy matrix
+    (one column per subdomain) only over the runs of one hierarchy."""
+    split, paired = [[0, 1], [2, 3]], [[0, 2], [1, 3]]
+    root = write_runs(
+        tmp_path,
+        [
+            with_hierarchy(fake_run(0, {}, [0.2, 0.4], 0.1), split),
+            with_hierarchy(fake_run(1, {}, [0.2, 0.6], 0.1), paired),
+            with_hierarchy(fake_run(3, {}, [0.2, 0.8], 0.1), split),
+        ],
+    )
+    warnings = []
+    (variant,) = load_variants(root, warn=warnings.append)
+    assert warnings == [
+        "the runs of 'all runs' differ in subdomains, hierarchy or arrival order (seeds 0,3 | 1): "
+        "accuracy_matrix.png averages each group apart"
+    ]
+    assert variant.pgr(1) == [0.4, 0.6, 0.8]
+    groups = variant.matrix_groups()
+    assert [[run["seed"] for run in runs] for runs in groups] == [[0, 3], [1]]
+    assert mean_matrix(groups[0]) == [pytest.approx([0.65, 0.6]), [0.7, 0.8]]  # seeds 0 and 3
+    assert mean_matrix(groups[1]) == [pytest.approx([0.6, 0.6]), [0.7, 0.8]]
+    write_report(root)
+    assert (root / "accuracy_matrix.png").read_bytes()[:4] == PNG
+
+
+def test_class_incremental_runs_of_different_arrival_orders_average_their_matrices_apart(tmp_path):
+    """An arrival matrix's rows are arrivals: with scenario.order=random they mean other
+    subdomains in each seed."""
+    runs = [fake_arrival_run(seed, {}, [0.9, 0.6], 0.3, 0.1) for seed in range(3)]
+    for run, order in zip(runs, (["a", "b"], ["b", "a"], ["a", "b"]), strict=True):
+        run["order"] = order
+    warnings = []
+    (variant,) = load_variants(write_runs(tmp_path, runs), warn=warnings.append)
+    assert len(warnings) == 1
+    assert "(seeds 0,2 | 1)" in warnings[0] and "arrival_accuracy_matrix.png" in warnings[0]
+    assert [[run["seed"] for run in runs] for runs in variant.matrix_groups()] == [[0, 2], [1]]
+
+
+def test_a_config_of_any_json_groups_its_runs(tmp_path):
+    """The report reads `config` as opaque settings: `plugins` need not be a mapping."""
+    root = write_runs(tmp_path, [fake_run(0, {}, [0.2, 0.4], 0.1), fake_run(0, 5, [0.2, 0.4], 0.1)])
+    assert [v.label for v in load_variants(root)] == ["plugins=[]", "plugins=5"]
+
+
+def test_dollar_signs_in_names_and_settings_are_drawn_as_they_are(tmp_path):
+    """Matplotlib would parse `$...$` in a label or tick as math, and fail on a bad formula."""
+    run = fake_run(0, {}, [0.2, 0.4], 0.1)
+    run["subdomains"] = ["price_$\\frac$", "b"]
+    other = {**fake_run(0, {}, [0.2, 0.4], 0.1), "config": {**run["config"], "tag": "$^$"}}
+    write_report(write_runs(tmp_path, [run, other]))
+    for plot in ("pgr_per_level.png", "accuracy_matrix.png"):
+        assert (tmp_path / plot).read_bytes()[:4] == PNG
+
+
+def test_the_mean_of_huge_pgrs_does_not_overflow(tmp_path):
+    """PGR divides by the gap between ceiling and weak accuracy, which may be tiny."""
+    runs = [fake_run(seed, {}, [0.2, 0.4], 0.1) for seed in range(3)]
+    for run, pgr in zip(runs, (1.7e308, 1.7e308, -1.7e308), strict=True):
+        run["levels"][0]["pgr"] = pgr
+    table = write_report(write_runs(tmp_path, runs))
+    assert "| all runs | 0,1,2 | 0.600 ± 0.000 | 56666" in table
+    assert "| 0.400 ± 0.000 | 0.100 ± 0.000 |" in table

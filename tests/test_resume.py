@@ -15,7 +15,8 @@ from avalanche.logging import TensorboardLogger
 from conftest import CLI_ENV, assert_clean_error, cli, cli_command, crash_on_call, run_cli
 
 import csl_avalanche.experiments.levels as levels
-from csl_avalanche.experiments.resume import CHECKPOINT, compared_config, config_differences
+from csl_avalanche.core.inert_settings import without_inert_settings
+from csl_avalanche.experiments.resume import CHECKPOINT, config_differences
 
 FAST = ("strategy.epochs=3",)
 VARIANTS = {
@@ -134,7 +135,8 @@ def test_another_config_is_refused_and_resume_false_starts_over(tmp_path):
 
 def test_settings_that_do_not_change_results_are_not_compared():
     config = {"seed": 0, "progress": True, "strategy": {"lr": 0.01, "chunk_size": 4096}}
-    assert compared_config(config) == {"seed": 0, "strategy": {"lr": 0.01}}
+    assert without_inert_settings(config) == {"seed": 0, "strategy": {"lr": 0.01}}
+    assert config["strategy"]["chunk_size"] == 4096  # a copy: the config is left as it was
 
 
 def test_config_differences_name_every_changed_key():

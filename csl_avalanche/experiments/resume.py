@@ -15,7 +15,6 @@ and writes the checkpoint; the other ranks then read the checkpoint it left.
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.inert_settings import without_inert_settings
 from csl_avalanche.distributed import is_main, main_only
 from csl_avalanche.experiments.checks import RESULTS, TENSORBOARD
 from csl_avalanche.storage.atomic import remove_stale_temporaries
@@ -39,22 +39,7 @@ from csl_avalanche.training.checkpoint import (
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-# Settings that may change between a run and its resumption: they do not change results (a
-# smaller E-step chunk, say, after running out of memory).
-NOT_COMPARED = ("progress", "cache_dir", "resume", "strategy.chunk_size")
 _MISSING = object()
-
-
-def compared_config(config: dict) -> dict:
-    """The resolved config without the settings that cannot change results."""
-    config = copy.deepcopy(config)
-    for key in NOT_COMPARED:
-        *parents, name = key.split(".")
-        node = config
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(name, None)
-    return config
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -99,14 +84,14 @@ class RunProgress:
         opened = main_only(lambda: cls._open(config, run_dir, resume))
         if opened is not None:  # rank 0 (or the only process)
             return opened
-        progress = cls(run_dir, compared_config(config))
+        progress = cls(run_dir, without_inert_settings(config))
         if resume and progress.path.exists():
             progress.state = read_checkpoint(progress.path)
         return progress
 
     @classmethod
     def _open(cls, config: dict, run_dir: Path, resume: bool) -> RunProgress:
-        progress = cls(run_dir, compared_config(config))
+        progress = cls(run_dir, without_inert_settings(config))
         remove_stale_temporaries(run_dir)  # a checkpoint or results.json cut off by a kill
         if not resume:
             progress._move_aside("resume=false")
