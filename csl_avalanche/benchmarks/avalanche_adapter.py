@@ -9,7 +9,8 @@ teacher training and the transfer pool; the benchmark's test stream is the test 
 
 The strong student's backbone and the weak teachers are either supplied (a frozen backbone; one
 trained teacher per subdomain) or built and trained here from factories with a fixed budget, as
-the built-in benchmarks do. Embeddings and teacher outputs are cached by content hash.
+the built-in benchmarks do. Trained models, embeddings and teacher outputs are cached by content
+hash, the factories known by their code and what they build (`model_code`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from csl_avalanche.benchmarks.checks import nested_finite_fault
 from csl_avalanche.benchmarks.confusion_probe import cached_confusion
 from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.model_code import factory_identity, model_code
 from csl_avalanche.benchmarks.pipeline import (
     SplitData,
     pretrained_backbone,
@@ -145,7 +147,7 @@ def auto_experience_hierarchy(
         spec,
         *teacher_data,
         make_teacher,
-        identity=(teacher_data, repr(make_teacher())),
+        identity=(teacher_data, factory_identity(make_teacher)),
         budget=asdict(budget),
         seed=seed,
         cache=cache,
@@ -268,7 +270,7 @@ def features_from_avalanche(
             backbone_budget,
             split.pretrain,
             hierarchy.num_classes,
-            repr(make_backbone()),
+            factory_identity(make_backbone),
             cache,
             seed,
         )
@@ -278,7 +280,7 @@ def features_from_avalanche(
             teacher_budget,
             split.teachers,
             hierarchy,
-            repr(make_teacher()),
+            factory_identity(make_teacher),
             cache,
             seed,
         )
@@ -309,8 +311,10 @@ def csl_benchmark_from_avalanche(benchmark, **kwargs) -> CSLBenchmark:
 def _cached_outputs(
     cache: TensorCache, name: str, models: list[nn.Module], split: SplitData
 ) -> dict[str, torch.Tensor]:
-    """[len(models), N, ...] outputs on pool and test, keyed by architecture, weights, data."""
-    key = fingerprint(name, [repr(m) for m in models], models, split.pool[0], split.test[0])
+    """[len(models), N, ...] outputs on pool and test, keyed by architecture, code, weights and
+    data."""
+    code = [model_code(m) for m in models]
+    key = fingerprint(name, [repr(m) for m in models], code, models, split.pool[0], split.test[0])
 
     def compute() -> dict[str, torch.Tensor]:
         return {
