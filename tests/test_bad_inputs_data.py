@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from test_image_benchmarks import TINY, write_class_tree
 
 from csl_avalanche.benchmarks import checks
 from csl_avalanche.benchmarks.checks import finite_fault, probability_fault
-from csl_avalanche.benchmarks.features import load_features
+from csl_avalanche.benchmarks.features import FeatureSet, load_features, save_features
 from csl_avalanche.benchmarks.sources.fashion_mnist import FILES
 from csl_avalanche.storage.cache import CacheError, InvalidValueError, TensorCache
 
@@ -52,6 +53,14 @@ def written(content: bytes | None) -> Callable[[Path], Path]:
         path = tmp_path / "features.pt"
         path.mkdir() if content is None else path.write_bytes(content)
         return path
+
+    return make
+
+
+def saved_as(features: FeatureSet) -> Callable[[Path], Path]:
+    def make(tmp_path: Path) -> Path:
+        save_features(features, tmp_path / "features.pt")
+        return tmp_path / "features.pt"
 
     return make
 
@@ -90,6 +99,13 @@ FEATURES_CASES = {
     "row-sum": (
         file_with(teacher_test_probs=poked(BASE.teacher_test_probs, (2, 17), [0.6, 0.2, 0.2, 0.2])),
         ["teacher_test_probs", "teacher 2, sample 17 sums to 1.2000", "softmax"],
+    ),
+    "probabilities-saved-as-logits": (
+        saved_as(replace(BASE, teacher_logits=True)),
+        [
+            "teacher_train_logits holds probabilities, not logits",
+            "under teacher_train_probs and teacher_test_probs instead",
+        ],
     ),
     "empty-file": (written(b""), ["features.pt is empty (0 bytes)", "torch.save"]),
     "text-file": (

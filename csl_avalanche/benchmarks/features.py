@@ -21,8 +21,9 @@ probabilities (a softmax per chunk). The student inputs may also be stored in an
 dtype and the labels and domains in any integer dtype: they are converted on loading to float32
 and int64, what the linear probe and the losses compute in (a converted tensor is a copy in
 memory; float32 tensors stay memory-mapped). Every value is checked, in one chunked reading of
-the file: no NaN or Inf in the embeddings or logits, and teacher probabilities that are
-probabilities (non-negative rows summing to 1).
+the file: no NaN or Inf in the embeddings or logits, teacher probabilities that are
+probabilities (non-negative rows summing to 1), and logits that are not (probabilities saved
+under the logits keys would go through a second softmax).
 
 Subdomains are usually class sets. When they are input domains instead (DomainNet: a sketch
 specialist knows every class, but only sketches), the optional `train_domains`/`test_domains`
@@ -42,8 +43,8 @@ import torch
 
 from csl_avalanche.benchmarks.checks import (
     SAMPLE_AXES,
-    TEACHER_AXES,
     finite_fault,
+    logits_fault,
     probability_fault,
 )
 from csl_avalanche.core.errors import ConfigError, reason
@@ -214,10 +215,12 @@ class FeatureSet:
         train_key, test_key = self.teacher_keys()
         train, test = self.teacher_train_probs, self.teacher_test_probs
         if self.teacher_logits:
-            if fault := finite_fault(train_key, train, TEACHER_AXES) or finite_fault(
-                test_key, test, TEACHER_AXES
-            ):
-                raise FeaturesFileError(f"{fault}; teacher logits must be finite numbers")
+            if fault := logits_fault(train_key, train) or logits_fault(test_key, test):
+                probs_keys = " and ".join(TEACHER_KEYS["probs"])
+                raise FeaturesFileError(
+                    f"{fault}; teacher logits must be finite numbers, and probabilities go "
+                    f"under {probs_keys} instead"
+                )
         elif fault := probability_fault(train_key, train) or probability_fault(test_key, test):
             raise FeaturesFileError(
                 f"{fault}; teacher outputs must be probabilities, non-negative rows summing to "
