@@ -260,5 +260,5 @@ def test_class_names_travel_through_a_features_file_into_hierarchy_names(tmp_pat
         "hierarchy_names": [[["a", "b", "c", "d"]], [["a", "b"], ["c", "d"]]],
     }
     save_features(dataclasses.replace(named, class_names=["a"]), tmp_path / "bad.pt")
-    with pytest.raises(FeaturesFileError, match="class_names must be 4 strings"):
+    with pytest.raises(FeaturesFileError, match="class_names must be a list of 4 strings"):
         load_features(tmp_path / "bad.pt")

@@ -136,6 +136,14 @@ FEATURES_CASES = {
         file_with(test_x=torch.zeros(120, 9)),
         ["test_x has shape [120, 9], expected [120, 8]", "D=8"],
     ),
+    "zero-features": (
+        file_with(train_x=torch.zeros(240, 0), test_x=torch.zeros(120, 0)),
+        ["train_x has shape [240, 0] (D=0)", "D >= 1"],
+    ),
+    "class-names-a-string": (
+        file_with(class_names="abcd"),
+        ["class_names must be a list of 4 strings, one per class", "got 'abcd'"],
+    ),
     "labels-out-of-range": (
         file_with(train_y=poked(BASE.train_y, (4,), 7)),
         ["train_y holds labels in [0, 7], outside 0..3", "C=4"],

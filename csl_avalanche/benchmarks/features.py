@@ -163,6 +163,11 @@ class FeatureSet:
             )
         if c == 0:
             raise FeaturesFileError(f"{train_key} has C=0 classes")
+        if 0 in sample:
+            raise FeaturesFileError(
+                f"train_x has shape {list(self.train_x.shape)} ({d}): its samples hold no "
+                "values, so the student has nothing to learn from; save embeddings with D >= 1"
+            )
         expect = {
             "train_y": (self.train_y, (n,)),
             "test_x": (self.test_x, (m, *sample)),
@@ -182,10 +187,16 @@ class FeatureSet:
                     f"{name} holds labels in [{int(labels.min())}, {int(labels.max())}], "
                     f"outside 0..{c - 1} (C={c} from the teacher outputs)"
                 )
-        if self.class_names is not None and (
-            len(self.class_names) != c or not all(isinstance(n, str) for n in self.class_names)
+        names = self.class_names
+        if names is not None and not (
+            isinstance(names, list | tuple)
+            and len(names) == c
+            and all(isinstance(name, str) for name in names)
         ):
-            raise FeaturesFileError(f"class_names must be {c} strings, one per class (C={c})")
+            shown = repr(names) if len(repr(names)) <= 60 else f"{repr(names)[:57]}..."
+            raise FeaturesFileError(
+                f"class_names must be a list of {c} strings, one per class (C={c}), got {shown}"
+            )
         if values:
             self._validate_values()
         self._validate_domains(n, m)
