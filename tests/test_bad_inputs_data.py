@@ -144,6 +144,10 @@ FEATURES_CASES = {
         file_with(class_names="abcd"),
         ["class_names must be a list of 4 strings, one per class", "got 'abcd'"],
     ),
+    "misspelled-key": (
+        file_with(class_name=["a", "b", "c", "d"]),
+        ["unknown key 'class_name'", "did you mean 'class_names'?", "train_x, train_y"],
+    ),
     "labels-out-of-range": (
         file_with(train_y=poked(BASE.train_y, (4,), 7)),
         ["train_y holds labels in [0, 7], outside 0..3", "C=4"],

@@ -34,6 +34,7 @@ domains, and the test stream is split by domain.
 from __future__ import annotations
 
 import codecs
+import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -284,6 +285,14 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
     kind = kinds[0] if kinds else "probs"
     # File key -> FeatureSet field: teacher outputs of either kind fill the teacher fields.
     keys = dict(zip(_file_keys(kind), _file_keys("probs"), strict=True))
+    if unknown := [key for key in raw if key not in keys]:
+        known = [*_file_keys("probs"), *TEACHER_KEYS["logits"]]
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise FeaturesFileError(
+            f"{path} holds the unknown key {unknown[0]!r}{guess}; a features file's keys are "
+            f"{', '.join(known)}"
+        )
     missing = [key for key in keys if key not in raw and key not in OPTIONAL_FIELDS]
     if missing:
         raise FeaturesFileError(
