@@ -107,6 +107,10 @@ FEATURES_CASES = {
             "under teacher_train_probs and teacher_test_probs instead",
         ],
     ),
+    "numpy-arrays": (
+        file_with(train_x=BASE.train_x.numpy(), test_y=BASE.test_y.numpy()),
+        ["holds numpy values under keys ['train_x', 'test_y']", "torch.from_numpy(array)"],
+    ),
     "empty-file": (written(b""), ["features.pt is empty (0 bytes)", "torch.save"]),
     "text-file": (
         written(b"train_x,train_y\n0.1,3\n"),

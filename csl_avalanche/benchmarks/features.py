@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from csl_avalanche.benchmarks.checks import (
@@ -366,9 +367,48 @@ def _load_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, **load)
     except Exception as err:
+        if "numpy" in str(err):  # weights_only refuses numpy's array constructors
+            raise FeaturesFileError(
+                f"{path} holds numpy values{_numpy_keys(path)}; a features file holds torch "
+                "tensors and Python lists of ints: convert arrays with torch.from_numpy(array) "
+                "and numbers with int(number) before torch.save"
+            ) from None
         raise FeaturesFileError(
             f"{path} is not a torch.save file ({reason(err)}); {how_to_write}"
         ) from None
+
+
+def _numpy_keys(path: Path) -> str:
+    """ " under keys [...]": the keys of the saved dict whose values hold numpy arrays or scalars
+    (or "" where they cannot be found).
+
+    The file is never unpickled unrestricted: it is loaded again with `weights_only=True`,
+    allowing only numpy's array, dtype and scalar constructors, which build arrays and run no
+    other code (an object array's items still pass the weights_only checks). This reads the
+    arrays into memory, once, to word an error."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    constructors = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    try:
+        with torch.serialization.safe_globals([*constructors, *dtypes]):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not only numpy values, or a torch without safe_globals
+        return ""
+    if not isinstance(raw, dict):
+        return ""
+    return f" under keys {[key for key, value in raw.items() if _holds_numpy(value)]}"
+
+
+def _holds_numpy(value: object) -> bool:
+    """Whether `value` is, or a list, tuple or dict in it holds, a numpy array or scalar."""
+    if isinstance(value, np.ndarray | np.generic):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, list | tuple) and any(_holds_numpy(item) for item in value)
 
 
 def _is_text(head: bytes) -> bool:
