@@ -185,6 +185,7 @@ def features_from_avalanche(
     splits: Mapping[str, float] | None = None,
     cache: TensorCache | str | os.PathLike[str] | None = None,
     seed: int = 0,
+    progress: bool = True,
 ) -> FeatureSet:
     """The FeatureSet of `benchmark` (see the module docstring).
 
@@ -197,6 +198,7 @@ def features_from_avalanche(
     pretrain/teachers/pool 0.2/0.3/0.5, leaving out the parts that supplied models do not need.
     `groups="auto"`: `auto_experience_hierarchy`, with `auto_levels` groups of experiences per
     level and the `auto_holdout` fraction of the teacher split held out for the confusion probe.
+    `progress`: draw the teachers' progress bar.
     """
     auto = groups == AUTO
     if auto and (make_teacher is None or not auto_levels):
@@ -283,6 +285,7 @@ def features_from_avalanche(
             factory_identity(make_teacher),
             cache,
             seed,
+            progress=progress,
         )
     embeddings = _cached_outputs(cache, "embeddings", [backbone], split)
     embeddings = {part: out[0].flatten(1) for part, out in embeddings.items()}

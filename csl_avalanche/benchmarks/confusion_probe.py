@@ -55,6 +55,7 @@ def probe_confusion(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        progress=False,  # one model: no bar
     )
     predictions = [predict(probe, x[rows]).argmax(dim=1).cpu() for rows in held_out.split(4096)]
     return confusion_matrix(torch.cat(predictions), y[held_out], num_classes)

@@ -49,4 +49,5 @@ def digits_features(settings: DigitsSettings, context: SourceContext) -> Feature
         teacher_config=asdict(teacher),
         cache=context.cache,
         seed=context.seed,
+        progress=context.progress,
     )

@@ -189,5 +189,6 @@ def fashion_mnist_features(settings: FashionMnistSettings, context: SourceContex
         teacher_config={"arch": "pooled_linear", "side": side, **asdict(teacher)},
         cache=context.cache,
         seed=context.seed,
+        progress=context.progress,
         class_names=CLASSES,
     )
