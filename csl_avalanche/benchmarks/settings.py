@@ -10,13 +10,13 @@ Avalanche) is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from csl_avalanche.core.clustering import AUTO, LEVELS_KEY, AutoHierarchy, check_sizes
 from csl_avalanche.core.errors import ConfigError
-from csl_avalanche.core.hierarchy import Hierarchy
+from csl_avalanche.core.hierarchy import Hierarchy, HierarchyError, is_levels
 from csl_avalanche.core.rules import (
     BOOLEAN,
     FILE,
@@ -36,8 +36,9 @@ from csl_avalanche.core.rules import (
 )
 
 HIERARCHY = Rule(
-    f"null, {AUTO}, or a list of levels, each a list of groups of classes",
-    lambda v: v is None or v == AUTO or isinstance(v, list),
+    f"null, {AUTO}, or a list of levels, each a list of groups of classes (level 0 one group of "
+    "all, e.g. [[[0,1,2,3]],[[0,1],[2,3]]])",
+    lambda v: v is None or v == AUTO or is_levels(v),
 )
 
 
@@ -85,6 +86,20 @@ class BenchmarkSettings:
                 f"each level after the generalist, e.g. {LEVELS_KEY}=[2,5]"
             )
         check_sizes(list(self.auto_levels), num_classes=None)
+
+    def given_hierarchy(self, num_classes: int, class_names: Sequence[str] = ()) -> Hierarchy:
+        """`benchmark.hierarchy` as the config gives it: groups of class indices, or of
+        `class_names` where the benchmark has names."""
+        if self.hierarchy is None:
+            raise ConfigError(
+                f"benchmark={self.name} has no hierarchy of its own: set benchmark.hierarchy to "
+                f"levels of groups of its classes 0..{num_classes - 1} (level 0 one group of "
+                f"all, e.g. [[[0,1,2,3]],[[0,1],[2,3]]] for 4 classes), or to {AUTO}"
+            )
+        try:
+            return Hierarchy.from_groups(self.hierarchy, num_classes, class_names)
+        except HierarchyError as err:
+            raise ConfigError(f"benchmark.hierarchy: {err}") from None
 
     def chosen_hierarchy(
         self, num_classes: int, hand_picked: Callable[[], Hierarchy]
