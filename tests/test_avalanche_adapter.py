@@ -289,3 +289,16 @@ def test_supplied_models_with_equal_weights_but_other_code_share_no_cache_entry(
     for backbone in (plain, squashed):
         features_from_avalanche(bench, backbone=backbone, teachers=teachers, cache=tmp_path)
     assert len(list(tmp_path.glob("embeddings-*.pt"))) == 2
+
+
+def test_auto_settings_that_cannot_work_are_refused_before_any_data_is_read(tmp_path):
+    (x, y), (xt, yt) = clusters(120, 0), clusters(60, 1)
+    two = nc_benchmark(TensorDataset(x, y), TensorDataset(xt, yt), 2, task_labels=False)
+    kwargs = dict(backbone=mlp(), make_teacher=linear_teacher, teacher_budget=Budget(5, 8, 0.01))
+    no_level = r'auto_levels=\[3\]: no level fits .* drop groups="auto"'
+    with pytest.raises(ConfigError, match=no_level):
+        features_from_avalanche(two, groups="auto", auto_levels=[3], cache=tmp_path, **kwargs)
+    only_auto = 'auto_holdout= are used with groups="auto" only'
+    with pytest.raises(AvalancheAdapterError, match=only_auto):
+        features_from_avalanche(split_benchmark(), auto_holdout=0.3, cache=tmp_path, **kwargs)
+    assert not list(tmp_path.glob("*.pt"))

@@ -37,6 +37,7 @@ from csl_avalanche.benchmarks.splits import stratified_split
 from csl_avalanche.benchmarks.streams import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.core.clustering import (
     AUTO,
+    DEFAULT_HOLDOUT,
     AutoHierarchy,
     check_sizes,
     class_affinity,
@@ -151,6 +152,7 @@ def auto_experience_hierarchy(
         budget=asdict(budget),
         seed=seed,
         cache=cache,
+        what="auto_holdout",
     )
     affinity = class_affinity(merged_confusion(confusion, finest))
     return avalanche_hierarchy(benchmark, nested_groups(affinity, levels, what="auto_levels"))
@@ -175,7 +177,7 @@ def features_from_avalanche(
     *,
     groups: Sequence[Sequence[Sequence[int]]] | str | None = None,
     auto_levels: Sequence[int] | None = None,
-    auto_holdout: float = 0.2,
+    auto_holdout: float | None = None,
     backbone: nn.Module | None = None,
     make_backbone: Callable[[], nn.Module] | None = None,
     backbone_budget: Budget | None = None,
@@ -197,7 +199,8 @@ def features_from_avalanche(
     `splits`: fractions of the train stream's samples per part; the default gives
     pretrain/teachers/pool 0.2/0.3/0.5, leaving out the parts that supplied models do not need.
     `groups="auto"`: `auto_experience_hierarchy`, with `auto_levels` groups of experiences per
-    level and the `auto_holdout` fraction of the teacher split held out for the confusion probe.
+    level and the `auto_holdout` fraction of the teacher split (None: 0.2) held out for the
+    confusion probe.
     `progress`: draw the teachers' progress bar.
     """
     auto = groups == AUTO
@@ -207,10 +210,17 @@ def features_from_avalanche(
             "make_teacher=, teacher_budget= and auto_levels=[...] (groups of experiences per "
             "level between the generalist and the experiences)"
         )
-    if auto_levels is not None and not auto:
-        raise AvalancheAdapterError(f'auto_levels= is used with groups="{AUTO}" only')
+    if not auto and (auto_levels is not None or auto_holdout is not None):
+        raise AvalancheAdapterError(
+            f'auto_levels= and auto_holdout= are used with groups="{AUTO}" only'
+        )
     if auto:  # fewer groups than experiences, checked before any data is read
-        check_sizes(auto_levels, len(experience_classes(benchmark.train_stream)) - 1, "auto_levels")
+        check_sizes(
+            auto_levels,
+            len(experience_classes(benchmark.train_stream)) - 1,
+            "auto_levels",
+            drop=f'groups="{AUTO}" (groups=[] gives one specialist per experience)',
+        )
     hierarchy = None if auto else avalanche_hierarchy(benchmark, groups)
     if (backbone is None) == (make_backbone is None):
         raise AvalancheAdapterError("give exactly one of backbone= and make_backbone=")
@@ -261,7 +271,7 @@ def features_from_avalanche(
             make_teacher,
             teacher_budget,
             levels=list(auto_levels),
-            holdout=auto_holdout,
+            holdout=DEFAULT_HOLDOUT if auto_holdout is None else auto_holdout,
             cache=cache,
             seed=seed,
         )

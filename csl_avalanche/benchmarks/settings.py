@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from csl_avalanche.core.clustering import AUTO, LEVELS_KEY, AutoHierarchy, check_sizes
+from csl_avalanche.core.clustering import (
+    AUTO,
+    DEFAULT_HOLDOUT,
+    HOLDOUT_KEY,
+    LEVELS_KEY,
+    AutoHierarchy,
+    check_sizes,
+)
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.hierarchy import Hierarchy, HierarchyError, is_levels
 from csl_avalanche.core.rules import (
@@ -56,23 +63,29 @@ class BenchmarkSettings:
     auto_levels: list[int] | None = setting(
         optional(list_of(whole(2))), "with hierarchy=auto: subdomains per level after level 0"
     )
-    auto_holdout: float = setting(
-        number("in (0, 1)", lambda v: 0 < v < 1),
-        "with hierarchy=auto: the held-out fraction of the teacher split",
+    auto_holdout: float | None = setting(
+        optional(number("in (0, 1)", lambda v: 0 < v < 1)),
+        f"with hierarchy=auto: the held-out fraction of the teacher split; null: {DEFAULT_HOLDOUT}",
     )
 
     # Why a benchmark cannot cluster its own subdomains (None: it can).
     no_auto_because = None
 
     def check(self) -> None:
-        """`auto_levels` only with `hierarchy=auto`, and `auto` only where it can work."""
+        """`auto_levels` and `auto_holdout` only with `hierarchy=auto`, and `auto` only where
+        it can work."""
         if self.hierarchy != AUTO:
-            if self.auto_levels is not None:
-                raise ConfigError(
-                    f"{LEVELS_KEY}={list(self.auto_levels)} sets the levels of an automatic "
-                    f"hierarchy, but benchmark.hierarchy is not {AUTO}; add "
-                    f"benchmark.hierarchy={AUTO} or drop {LEVELS_KEY}"
-                )
+            for key, value, what in (
+                (LEVELS_KEY, self.auto_levels, "the levels"),
+                (HOLDOUT_KEY, self.auto_holdout, "the held-out fraction"),
+            ):
+                if value is not None:
+                    shown = list(value) if isinstance(value, list | tuple) else value
+                    raise ConfigError(
+                        f"{key}={shown} sets {what} of an automatic hierarchy, but "
+                        f"benchmark.hierarchy is not {AUTO}; add benchmark.hierarchy={AUTO} or "
+                        f"drop {key}"
+                    )
             return
         if self.no_auto_because:
             raise ConfigError(
@@ -109,7 +122,8 @@ class BenchmarkSettings:
         trains); otherwise the benchmark's own `hand_picked` hierarchy."""
         if self.hierarchy != AUTO:
             return hand_picked()
-        return AutoHierarchy(tuple(self.auto_levels), float(self.auto_holdout), num_classes)
+        holdout = DEFAULT_HOLDOUT if self.auto_holdout is None else float(self.auto_holdout)
+        return AutoHierarchy(tuple(self.auto_levels), holdout, num_classes)
 
 
 @dataclass(frozen=True)
