@@ -379,8 +379,8 @@ def _load_file(path: Path) -> object:
 
 
 def _numpy_keys(path: Path) -> str:
-    """ " under keys [...]": the keys of the saved dict whose values hold numpy arrays or scalars
-    (or "" where they cannot be found).
+    """The keys of the saved dict whose values hold numpy arrays or scalars, worded for an
+    error (' under keys [...]'; '' where they cannot be found).
 
     The file is never unpickled unrestricted: it is loaded again with `weights_only=True`,
     allowing only numpy's array, dtype and scalar constructors, which build arrays and run no
