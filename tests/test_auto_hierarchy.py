@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 from conftest import assert_clean_error, cli, features_from_config, make_feature_set
 from hydra import compose, initialize_config_module
+from test_image_benchmarks import write_class_tree
 
+from csl_avalanche.benchmarks.confusion_probe import probe_confusion
 from csl_avalanche.benchmarks.features import FeaturesFileError, load_features, save_features
 from csl_avalanche.benchmarks.pipeline import SplitData
 from csl_avalanche.benchmarks.sources import digits
 from csl_avalanche.core.clustering import (
+    check_sizes,
     class_affinity,
     confusion_matrix,
     hierarchy_from_confusion,
@@ -170,6 +174,77 @@ def test_invalid_sizes_are_refused_naming_the_setting(sizes):
         nested_groups(class_affinity(blocks()), sizes)
 
 
+@pytest.mark.parametrize("num_classes", [2, 3, 4, 6, 12])
+def test_the_sizes_an_error_suggests_are_valid(num_classes):
+    with pytest.raises(ConfigError) as refused:
+        check_sizes([num_classes + 1], num_classes)
+    suggested = re.search(r"e\.g\. benchmark\.auto_levels=(\[[\d,]+\])", str(refused.value))
+    check_sizes(json.loads(suggested.group(1)), num_classes)
+
+
+def test_a_size_bound_below_two_says_to_drop_the_automatic_hierarchy():
+    with pytest.raises(ConfigError, match=r"no level fits .* drop benchmark\.hierarchy=auto$"):
+        check_sizes([2], 1)
+
+
+def suggested_holdout(message: str) -> float:
+    return float(re.search(r"use benchmark\.auto_holdout=([\d.e-]+) or", message).group(1))
+
+
+def held_out_per_class(holdout: float) -> tuple[list[int], list[int]]:
+    """(examples per class, held out per class) of a probe on 5, 8 and 12 examples."""
+    y = torch.tensor([0] * 5 + [1] * 8 + [2] * 12)
+    x = torch.nn.functional.one_hot(y).float()
+    confusion = probe_confusion(
+        x,
+        y,
+        lambda: torch.nn.Linear(3, 3),
+        num_classes=3,
+        holdout=holdout,
+        steps=2,
+        batch_size=4,
+        lr=0.1,
+        seed=0,
+    )
+    return y.bincount().tolist(), confusion.sum(dim=1).tolist()
+
+
+def test_a_holdout_that_empties_either_part_is_refused_with_a_value_that_works():
+    with pytest.raises(ConfigError, match=r"holds out no example .* 5 in its smallest") as low:
+        held_out_per_class(0.01)
+    _, held_out = held_out_per_class(suggested_holdout(str(low.value)))
+    assert min(held_out) >= 1  # every class held out
+    with pytest.raises(ConfigError, match="holds out the whole teacher split") as high:
+        held_out_per_class(0.99)
+    counts, held_out = held_out_per_class(suggested_holdout(str(high.value)))
+    assert all(n > h for n, h in zip(counts, held_out, strict=True))  # every class trains
+
+
+@pytest.mark.parametrize(
+    ("holdout", "phrases"),
+    [
+        ("0.001", ["benchmark.auto_holdout=0.001 holds out no example", "=0.012 or more"]),
+        ("0.999", ["benchmark.auto_holdout=0.999 holds out the whole", "=0.988 or less"]),
+    ],
+)
+def test_a_digits_holdout_that_empties_a_part_is_a_clean_error(tmp_path, holdout, phrases):
+    outcome = cli(tmp_path / "run", *AUTO, f"benchmark.auto_holdout={holdout}", *TINY)
+    assert_clean_error(outcome, *phrases)
+
+
+def test_auto_holdout_without_the_automatic_hierarchy_is_refused(tmp_path):
+    outcome = cli(tmp_path / "run", "benchmark.auto_holdout=0.3")
+    assert_clean_error(outcome, "benchmark.auto_holdout=0.3", "add benchmark.hierarchy=auto")
+
+
+def test_two_classes_are_told_a_size_that_is_valid(tmp_path):
+    root = tmp_path / "data"
+    write_class_tree(root, ["cat", "dog"], per_class=6)
+    overrides = ["benchmark=imagefolder", f"data.root={root}", "benchmark.hierarchy=auto"]
+    refused = cli(tmp_path / "run", *overrides, "benchmark.auto_levels=[3]")
+    assert_clean_error(refused, "benchmark.auto_levels=[3]", "in 2..2", "auto_levels=[2]")
+
+
 def test_merged_confusion_sums_over_groups_of_classes():
     merged = merged_confusion(blocks(), [[0, 3], [1, 2, 4], [5]])
     assert merged.tolist() == [[22, 12, 0], [12, 40, 0], [0, 0, 16]]
@@ -260,5 +335,5 @@ def test_class_names_travel_through_a_features_file_into_hierarchy_names(tmp_pat
         "hierarchy_names": [[["a", "b", "c", "d"]], [["a", "b"], ["c", "d"]]],
     }
     save_features(dataclasses.replace(named, class_names=["a"]), tmp_path / "bad.pt")
-    with pytest.raises(FeaturesFileError, match="class_names must be 4 strings"):
+    with pytest.raises(FeaturesFileError, match="class_names must be a list of 4 strings"):
         load_features(tmp_path / "bad.pt")

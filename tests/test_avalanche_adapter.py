@@ -225,3 +225,80 @@ def test_auto_groups_join_the_experiences_whose_classes_the_probe_confuses(tmp_p
     supplied = {**kwargs, "make_teacher": None, "teachers": [linear_teacher()] * 6}
     with pytest.raises(AvalancheAdapterError, match="make_teacher="):
         features_from_avalanche(bench, groups="auto", auto_levels=[2], **supplied)
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(DIM, 6)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class SquashedHead(Head):
+    def forward(self, x):
+        return 4 * torch.tanh(self.linear(x))
+
+
+SquashedHead.__name__ = "Head"  # the same repr as Head's, another forward
+
+
+def built_by(cls):
+    return lambda: cls()  # one line of source for every class
+
+
+def zero_init(model: nn.Module) -> nn.Module:
+    for parameter in model.parameters():
+        nn.init.zeros_(parameter)
+    return model
+
+
+@pytest.mark.parametrize(
+    "factories",
+    [
+        pytest.param((built_by(Head), built_by(SquashedHead)), id="forward"),
+        pytest.param((linear_teacher, lambda: zero_init(linear_teacher())), id="init"),
+    ],
+)
+def test_factories_with_equal_reprs_but_other_code_share_no_cache_entry(tmp_path, factories):
+    bench = split_benchmark()
+    assert repr(factories[0]()) == repr(factories[1]())
+    for factory in factories:
+        features_from_avalanche(
+            bench,
+            groups="auto",
+            auto_levels=[2],
+            make_backbone=factory,
+            backbone_budget=Budget(10, 16, 0.01),
+            make_teacher=factory,
+            teacher_budget=Budget(10, 16, 0.01),
+            cache=tmp_path,
+        )
+    for entry in ("auto-confusion", "backbone", "teachers", "embeddings", "teacher-logits"):
+        assert len(list(tmp_path.glob(f"{entry}-*.pt"))) == 2, entry
+
+
+def test_supplied_models_with_equal_weights_but_other_code_share_no_cache_entry(tmp_path):
+    bench = split_benchmark()
+    torch.manual_seed(0)
+    plain = Head()
+    squashed = SquashedHead()
+    squashed.load_state_dict(plain.state_dict())
+    teachers = [linear_teacher() for _ in range(6)]
+    for backbone in (plain, squashed):
+        features_from_avalanche(bench, backbone=backbone, teachers=teachers, cache=tmp_path)
+    assert len(list(tmp_path.glob("embeddings-*.pt"))) == 2
+
+
+def test_auto_settings_that_cannot_work_are_refused_before_any_data_is_read(tmp_path):
+    (x, y), (xt, yt) = clusters(120, 0), clusters(60, 1)
+    two = nc_benchmark(TensorDataset(x, y), TensorDataset(xt, yt), 2, task_labels=False)
+    kwargs = dict(backbone=mlp(), make_teacher=linear_teacher, teacher_budget=Budget(5, 8, 0.01))
+    no_level = r'auto_levels=\[3\]: no level fits .* drop groups="auto"'
+    with pytest.raises(ConfigError, match=no_level):
+        features_from_avalanche(two, groups="auto", auto_levels=[3], cache=tmp_path, **kwargs)
+    only_auto = 'auto_holdout= are used with groups="auto" only'
+    with pytest.raises(AvalancheAdapterError, match=only_auto):
+        features_from_avalanche(split_benchmark(), auto_holdout=0.3, cache=tmp_path, **kwargs)
+    assert not list(tmp_path.glob("*.pt"))

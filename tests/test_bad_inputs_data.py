@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from test_image_benchmarks import TINY, write_class_tree
 
 from csl_avalanche.benchmarks import checks
 from csl_avalanche.benchmarks.checks import finite_fault, probability_fault
-from csl_avalanche.benchmarks.features import load_features
+from csl_avalanche.benchmarks.features import FeatureSet, load_features, save_features
 from csl_avalanche.benchmarks.sources.fashion_mnist import FILES
 from csl_avalanche.storage.cache import CacheError, InvalidValueError, TensorCache
 
@@ -52,6 +53,14 @@ def written(content: bytes | None) -> Callable[[Path], Path]:
         path = tmp_path / "features.pt"
         path.mkdir() if content is None else path.write_bytes(content)
         return path
+
+    return make
+
+
+def saved_as(features: FeatureSet) -> Callable[[Path], Path]:
+    def make(tmp_path: Path) -> Path:
+        save_features(features, tmp_path / "features.pt")
+        return tmp_path / "features.pt"
 
     return make
 
@@ -91,6 +100,17 @@ FEATURES_CASES = {
         file_with(teacher_test_probs=poked(BASE.teacher_test_probs, (2, 17), [0.6, 0.2, 0.2, 0.2])),
         ["teacher_test_probs", "teacher 2, sample 17 sums to 1.2000", "softmax"],
     ),
+    "probabilities-saved-as-logits": (
+        saved_as(replace(BASE, teacher_logits=True)),
+        [
+            "teacher_train_logits holds probabilities, not logits",
+            "under teacher_train_probs and teacher_test_probs instead",
+        ],
+    ),
+    "numpy-arrays": (
+        file_with(train_x=BASE.train_x.numpy(), test_y=BASE.test_y.numpy()),
+        ["holds numpy values under keys ['train_x', 'test_y']", "torch.from_numpy(array)"],
+    ),
     "empty-file": (written(b""), ["features.pt is empty (0 bytes)", "torch.save"]),
     "text-file": (
         written(b"train_x,train_y\n0.1,3\n"),
@@ -119,6 +139,18 @@ FEATURES_CASES = {
     "wrong-shape": (
         file_with(test_x=torch.zeros(120, 9)),
         ["test_x has shape [120, 9], expected [120, 8]", "D=8"],
+    ),
+    "zero-features": (
+        file_with(train_x=torch.zeros(240, 0), test_x=torch.zeros(120, 0)),
+        ["train_x has shape [240, 0] (D=0)", "D >= 1"],
+    ),
+    "class-names-a-string": (
+        file_with(class_names="abcd"),
+        ["class_names must be a list of 4 strings, one per class", "got 'abcd'"],
+    ),
+    "misspelled-key": (
+        file_with(class_name=["a", "b", "c", "d"]),
+        ["unknown key 'class_name'", "did you mean 'class_names'?", "train_x, train_y"],
     ),
     "labels-out-of-range": (
         file_with(train_y=poked(BASE.train_y, (4,), 7)),

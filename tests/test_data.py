@@ -156,3 +156,8 @@ def test_digits_source_reuses_its_cache_on_a_second_run(tmp_path):
     third_cache = TensorCache(tmp_path)
     features_from_config(cfg, third_cache, seed=0)
     assert third_cache.hits == 2 and third_cache.misses == 2  # backbone + embeddings reused
+
+
+def test_progress_false_draws_no_progress_bar(tmp_path, capsys):
+    features_from_config(digits_config(), TensorCache(tmp_path), seed=0)  # progress=false
+    assert capsys.readouterr().err == ""

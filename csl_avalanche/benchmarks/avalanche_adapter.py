@@ -9,7 +9,8 @@ teacher training and the transfer pool; the benchmark's test stream is the test 
 
 The strong student's backbone and the weak teachers are either supplied (a frozen backbone; one
 trained teacher per subdomain) or built and trained here from factories with a fixed budget, as
-the built-in benchmarks do. Embeddings and teacher outputs are cached by content hash.
+the built-in benchmarks do. Trained models, embeddings and teacher outputs are cached by content
+hash, the factories known by their code and what they build (`model_code`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from csl_avalanche.benchmarks.checks import nested_finite_fault
 from csl_avalanche.benchmarks.confusion_probe import cached_confusion
 from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.model_code import factory_identity, model_code
 from csl_avalanche.benchmarks.pipeline import (
     SplitData,
     pretrained_backbone,
@@ -35,6 +37,7 @@ from csl_avalanche.benchmarks.splits import stratified_split
 from csl_avalanche.benchmarks.streams import CSLBenchmark, make_csl_benchmark
 from csl_avalanche.core.clustering import (
     AUTO,
+    DEFAULT_HOLDOUT,
     AutoHierarchy,
     check_sizes,
     class_affinity,
@@ -145,10 +148,11 @@ def auto_experience_hierarchy(
         spec,
         *teacher_data,
         make_teacher,
-        identity=(teacher_data, repr(make_teacher())),
+        identity=(teacher_data, factory_identity(make_teacher)),
         budget=asdict(budget),
         seed=seed,
         cache=cache,
+        what="auto_holdout",
     )
     affinity = class_affinity(merged_confusion(confusion, finest))
     return avalanche_hierarchy(benchmark, nested_groups(affinity, levels, what="auto_levels"))
@@ -173,7 +177,7 @@ def features_from_avalanche(
     *,
     groups: Sequence[Sequence[Sequence[int]]] | str | None = None,
     auto_levels: Sequence[int] | None = None,
-    auto_holdout: float = 0.2,
+    auto_holdout: float | None = None,
     backbone: nn.Module | None = None,
     make_backbone: Callable[[], nn.Module] | None = None,
     backbone_budget: Budget | None = None,
@@ -183,6 +187,7 @@ def features_from_avalanche(
     splits: Mapping[str, float] | None = None,
     cache: TensorCache | str | os.PathLike[str] | None = None,
     seed: int = 0,
+    progress: bool = True,
 ) -> FeatureSet:
     """The FeatureSet of `benchmark` (see the module docstring).
 
@@ -194,7 +199,9 @@ def features_from_avalanche(
     `splits`: fractions of the train stream's samples per part; the default gives
     pretrain/teachers/pool 0.2/0.3/0.5, leaving out the parts that supplied models do not need.
     `groups="auto"`: `auto_experience_hierarchy`, with `auto_levels` groups of experiences per
-    level and the `auto_holdout` fraction of the teacher split held out for the confusion probe.
+    level and the `auto_holdout` fraction of the teacher split (None: 0.2) held out for the
+    confusion probe.
+    `progress`: draw the teachers' progress bar.
     """
     auto = groups == AUTO
     if auto and (make_teacher is None or not auto_levels):
@@ -203,10 +210,17 @@ def features_from_avalanche(
             "make_teacher=, teacher_budget= and auto_levels=[...] (groups of experiences per "
             "level between the generalist and the experiences)"
         )
-    if auto_levels is not None and not auto:
-        raise AvalancheAdapterError(f'auto_levels= is used with groups="{AUTO}" only')
+    if not auto and (auto_levels is not None or auto_holdout is not None):
+        raise AvalancheAdapterError(
+            f'auto_levels= and auto_holdout= are used with groups="{AUTO}" only'
+        )
     if auto:  # fewer groups than experiences, checked before any data is read
-        check_sizes(auto_levels, len(experience_classes(benchmark.train_stream)) - 1, "auto_levels")
+        check_sizes(
+            auto_levels,
+            len(experience_classes(benchmark.train_stream)) - 1,
+            "auto_levels",
+            drop=f'groups="{AUTO}" (groups=[] gives one specialist per experience)',
+        )
     hierarchy = None if auto else avalanche_hierarchy(benchmark, groups)
     if (backbone is None) == (make_backbone is None):
         raise AvalancheAdapterError("give exactly one of backbone= and make_backbone=")
@@ -257,7 +271,7 @@ def features_from_avalanche(
             make_teacher,
             teacher_budget,
             levels=list(auto_levels),
-            holdout=auto_holdout,
+            holdout=DEFAULT_HOLDOUT if auto_holdout is None else auto_holdout,
             cache=cache,
             seed=seed,
         )
@@ -268,7 +282,7 @@ def features_from_avalanche(
             backbone_budget,
             split.pretrain,
             hierarchy.num_classes,
-            repr(make_backbone()),
+            factory_identity(make_backbone),
             cache,
             seed,
         )
@@ -278,9 +292,10 @@ def features_from_avalanche(
             teacher_budget,
             split.teachers,
             hierarchy,
-            repr(make_teacher()),
+            factory_identity(make_teacher),
             cache,
             seed,
+            progress=progress,
         )
     embeddings = _cached_outputs(cache, "embeddings", [backbone], split)
     embeddings = {part: out[0].flatten(1) for part, out in embeddings.items()}
@@ -309,8 +324,10 @@ def csl_benchmark_from_avalanche(benchmark, **kwargs) -> CSLBenchmark:
 def _cached_outputs(
     cache: TensorCache, name: str, models: list[nn.Module], split: SplitData
 ) -> dict[str, torch.Tensor]:
-    """[len(models), N, ...] outputs on pool and test, keyed by architecture, weights, data."""
-    key = fingerprint(name, [repr(m) for m in models], models, split.pool[0], split.test[0])
+    """[len(models), N, ...] outputs on pool and test, keyed by architecture, code, weights and
+    data."""
+    code = [model_code(m) for m in models]
+    key = fingerprint(name, [repr(m) for m in models], code, models, split.pool[0], split.test[0])
 
     def compute() -> dict[str, torch.Tensor]:
         return {

@@ -1,4 +1,4 @@
-"""Value checks of data tensors: finite numbers, probability vectors.
+"""Value checks of data tensors: finite numbers, probability vectors, logits (not probabilities).
 
 Each check returns a one-line description of the first fault it finds ("teacher_train_probs
 holds NaN at teacher 1, sample 5, class 0"), or None; callers wrap it in the error of their
@@ -27,10 +27,26 @@ def finite_fault(name: str, tensor: torch.Tensor, axes: Sequence[str] = ()) -> s
     if not tensor.is_floating_point():
         return None
     for offset, chunk in _chunks(tensor.reshape(1) if tensor.dim() == 0 else tensor):
-        bad = ~torch.isfinite(chunk)
-        if bad.any():
-            local, index = _first(bad, offset)
-            return f"{name} holds {_number(chunk[local])} at {_where(index, axes)}"
+        if fault := _nonfinite(name, chunk, offset, axes):
+            return fault
+    return None
+
+
+def logits_fault(name: str, logits: torch.Tensor) -> str | None:
+    """Where teacher logits [T, N, C] first hold NaN or +-Inf; or, when every row is a
+    probability vector (as `probability_fault` accepts it, C > 1), that they are probabilities:
+    their softmax would flatten them. One reading, a chunk at a time."""
+    tolerance = _tolerance(logits.dtype)
+    probabilities = logits.shape[-1] > 1
+    for offset, chunk in _chunks(logits):
+        if fault := _nonfinite(name, chunk, offset, TEACHER_AXES):
+            return fault
+        probabilities = probabilities and not _improper_rows(chunk, tolerance)[0].any()
+    if probabilities and logits.numel():
+        return (
+            f"{name} holds probabilities, not logits: every row is in [0, 1] and sums to 1, "
+            "and a softmax of them would flatten them"
+        )
     return None
 
 
@@ -40,14 +56,9 @@ def probability_fault(name: str, probs: torch.Tensor) -> str | None:
 
     Sums may miss 1 by PROBABILITY_TOLERANCE, or by the rounding of `probs`' dtype where that is
     coarser (bfloat16 rounds each entry by up to 0.4%)."""
-    tolerance = max(PROBABILITY_TOLERANCE, torch.finfo(probs.dtype).eps)
+    tolerance = _tolerance(probs.dtype)
     for offset, chunk in _chunks(probs):
-        sums = chunk.sum(dim=-1, dtype=torch.promote_types(probs.dtype, torch.float32))
-        bad_rows = (
-            ~torch.isfinite(chunk).all(dim=-1)
-            | (chunk < 0).any(dim=-1)
-            | ((sums - 1).abs() > tolerance)
-        )
+        bad_rows, sums = _improper_rows(chunk, tolerance)
         if not bad_rows.any():
             continue
         local, row = _first(bad_rows, offset)
@@ -91,6 +102,33 @@ def teacher_probs_fault(value: Mapping[str, torch.Tensor]) -> str | None:
     return probability_fault("teacher_train_probs", value["pool"]) or probability_fault(
         "teacher_test_probs", value["test"]
     )
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    """How far a row sum may miss 1: PROBABILITY_TOLERANCE, or the rounding of `dtype`."""
+    return max(PROBABILITY_TOLERANCE, torch.finfo(dtype).eps)
+
+
+def _improper_rows(chunk: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(which rows of `chunk` [..., C] are not probability vectors, every row's sum)."""
+    sums = chunk.sum(dim=-1, dtype=torch.promote_types(chunk.dtype, torch.float32))
+    bad_rows = (
+        ~torch.isfinite(chunk).all(dim=-1)
+        | (chunk < 0).any(dim=-1)
+        | ((sums - 1).abs() > tolerance)
+    )
+    return bad_rows, sums
+
+
+def _nonfinite(
+    name: str, chunk: torch.Tensor, offset: tuple[int, ...], axes: Sequence[str]
+) -> str | None:
+    """Where the chunk that starts at `offset` first holds NaN or +-Inf."""
+    bad = ~torch.isfinite(chunk)
+    if not bad.any():
+        return None
+    local, index = _first(bad, offset)
+    return f"{name} holds {_number(chunk[local])} at {_where(index, axes)}"
 
 
 def _chunks(

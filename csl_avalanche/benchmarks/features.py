@@ -21,8 +21,9 @@ probabilities (a softmax per chunk). The student inputs may also be stored in an
 dtype and the labels and domains in any integer dtype: they are converted on loading to float32
 and int64, what the linear probe and the losses compute in (a converted tensor is a copy in
 memory; float32 tensors stay memory-mapped). Every value is checked, in one chunked reading of
-the file: no NaN or Inf in the embeddings or logits, and teacher probabilities that are
-probabilities (non-negative rows summing to 1).
+the file: no NaN or Inf in the embeddings or logits, teacher probabilities that are
+probabilities (non-negative rows summing to 1), and logits that are not (probabilities saved
+under the logits keys would go through a second softmax).
 
 Subdomains are usually class sets. When they are input domains instead (DomainNet: a sketch
 specialist knows every class, but only sketches), the optional `train_domains`/`test_domains`
@@ -33,17 +34,19 @@ domains, and the test stream is split by domain.
 from __future__ import annotations
 
 import codecs
+import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from csl_avalanche.benchmarks.checks import (
     SAMPLE_AXES,
-    TEACHER_AXES,
     finite_fault,
+    logits_fault,
     probability_fault,
 )
 from csl_avalanche.core.errors import ConfigError, reason
@@ -162,6 +165,11 @@ class FeatureSet:
             )
         if c == 0:
             raise FeaturesFileError(f"{train_key} has C=0 classes")
+        if 0 in sample:
+            raise FeaturesFileError(
+                f"train_x has shape {list(self.train_x.shape)} ({d}): its samples hold no "
+                "values, so the student has nothing to learn from; save embeddings with D >= 1"
+            )
         expect = {
             "train_y": (self.train_y, (n,)),
             "test_x": (self.test_x, (m, *sample)),
@@ -181,10 +189,16 @@ class FeatureSet:
                     f"{name} holds labels in [{int(labels.min())}, {int(labels.max())}], "
                     f"outside 0..{c - 1} (C={c} from the teacher outputs)"
                 )
-        if self.class_names is not None and (
-            len(self.class_names) != c or not all(isinstance(n, str) for n in self.class_names)
+        names = self.class_names
+        if names is not None and not (
+            isinstance(names, list | tuple)
+            and len(names) == c
+            and all(isinstance(name, str) for name in names)
         ):
-            raise FeaturesFileError(f"class_names must be {c} strings, one per class (C={c})")
+            shown = repr(names) if len(repr(names)) <= 60 else f"{repr(names)[:57]}..."
+            raise FeaturesFileError(
+                f"class_names must be a list of {c} strings, one per class (C={c}), got {shown}"
+            )
         if values:
             self._validate_values()
         self._validate_domains(n, m)
@@ -214,10 +228,12 @@ class FeatureSet:
         train_key, test_key = self.teacher_keys()
         train, test = self.teacher_train_probs, self.teacher_test_probs
         if self.teacher_logits:
-            if fault := finite_fault(train_key, train, TEACHER_AXES) or finite_fault(
-                test_key, test, TEACHER_AXES
-            ):
-                raise FeaturesFileError(f"{fault}; teacher logits must be finite numbers")
+            if fault := logits_fault(train_key, train) or logits_fault(test_key, test):
+                probs_keys = " and ".join(TEACHER_KEYS["probs"])
+                raise FeaturesFileError(
+                    f"{fault}; teacher logits must be finite numbers, and probabilities go "
+                    f"under {probs_keys} instead"
+                )
         elif fault := probability_fault(train_key, train) or probability_fault(test_key, test):
             raise FeaturesFileError(
                 f"{fault}; teacher outputs must be probabilities, non-negative rows summing to "
@@ -270,6 +286,14 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
     kind = kinds[0] if kinds else "probs"
     # File key -> FeatureSet field: teacher outputs of either kind fill the teacher fields.
     keys = dict(zip(_file_keys(kind), _file_keys("probs"), strict=True))
+    if unknown := [key for key in raw if key not in keys]:
+        known = [*_file_keys("probs"), *TEACHER_KEYS["logits"]]
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise FeaturesFileError(
+            f"{path} holds the unknown key {unknown[0]!r}{guess}; a features file's keys are "
+            f"{', '.join(known)}"
+        )
     missing = [key for key in keys if key not in raw and key not in OPTIONAL_FIELDS]
     if missing:
         raise FeaturesFileError(
@@ -343,9 +367,48 @@ def _load_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, **load)
     except Exception as err:
+        if "numpy" in str(err):  # weights_only refuses numpy's array constructors
+            raise FeaturesFileError(
+                f"{path} holds numpy values{_numpy_keys(path)}; a features file holds torch "
+                "tensors and Python lists of ints: convert arrays with torch.from_numpy(array) "
+                "and numbers with int(number) before torch.save"
+            ) from None
         raise FeaturesFileError(
             f"{path} is not a torch.save file ({reason(err)}); {how_to_write}"
         ) from None
+
+
+def _numpy_keys(path: Path) -> str:
+    """The keys of the saved dict whose values hold numpy arrays or scalars, worded for an
+    error (' under keys [...]'; '' where they cannot be found).
+
+    The file is never unpickled unrestricted: it is loaded again with `weights_only=True`,
+    allowing only numpy's array, dtype and scalar constructors, which build arrays and run no
+    other code (an object array's items still pass the weights_only checks). This reads the
+    arrays into memory, once, to word an error."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    constructors = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    try:
+        with torch.serialization.safe_globals([*constructors, *dtypes]):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not only numpy values, or a torch without safe_globals
+        return ""
+    if not isinstance(raw, dict):
+        return ""
+    return f" under keys {[key for key, value in raw.items() if _holds_numpy(value)]}"
+
+
+def _holds_numpy(value: object) -> bool:
+    """Whether `value` is, or a list, tuple or dict in it holds, a numpy array or scalar."""
+    if isinstance(value, np.ndarray | np.generic):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, list | tuple) and any(_holds_numpy(item) for item in value)
 
 
 def _is_text(head: bytes) -> bool:

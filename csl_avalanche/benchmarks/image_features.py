@@ -146,6 +146,7 @@ def build_image_feature_set(
                 budget,
                 extract.device,
                 seed,
+                extract.progress,
             ),
             check=lambda heads: nested_finite_fault("teacher heads", heads),
             cause=TEACHERS_DIVERGED,
@@ -293,6 +294,7 @@ def _train_heads(
     budget: dict,
     device: torch.device,
     seed: int,
+    progress: bool,
 ) -> list[dict[str, torch.Tensor]]:
     """One linear head per subdomain, each `budget['steps']` batches of its own examples."""
     heads = train_teachers(
@@ -305,6 +307,7 @@ def _train_heads(
         batch_size=int(budget["batch_size"]),
         lr=float(budget["lr"]),
         seed=seed,
+        progress=progress,
     )
     return [{k: v.cpu() for k, v in head.state_dict().items()} for head in heads]
 

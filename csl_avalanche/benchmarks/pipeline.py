@@ -70,9 +70,11 @@ def build_feature_set(
     teacher_config: dict,
     cache: TensorCache,
     seed: int,
+    progress: bool,
     class_names: Sequence[str] | None = None,
 ) -> FeatureSet:
-    """Pretrain (or load from cache) the backbone and the teachers, then extract everything.
+    """Pretrain (or load from cache) the backbone and the teachers, then extract everything
+    (`progress`: draw the teachers' progress bar).
 
     `backbone_config` and `teacher_config` describe the two factories (architecture names and
     sizes); each is part of its own models' cache keys, as are the data, budgets and seed. An
@@ -106,7 +108,14 @@ def build_feature_set(
         cause="The pretrained student backbone overflows on these inputs.",
     )
     teachers = trained_teachers(
-        make_teacher, teacher_budget, data.teachers, hierarchy, teacher_config, cache, seed
+        make_teacher,
+        teacher_budget,
+        data.teachers,
+        hierarchy,
+        teacher_config,
+        cache,
+        seed,
+        progress=progress,
     )
     probs = cached_teacher_probabilities(
         cache,
@@ -185,8 +194,11 @@ def trained_teachers(
     config: object,
     cache: TensorCache,
     seed: int,
+    *,
+    progress: bool,
 ) -> list[nn.Module]:
-    """One frozen teacher per subdomain, each `budget` steps on its own classes (teachers.py).
+    """One frozen teacher per subdomain, each `budget` steps on its own classes (teachers.py;
+    `progress`: draw its progress bar).
 
     Cached by `config` (what describes `make_teacher`), data, hierarchy, budget and seed.
     """
@@ -200,6 +212,7 @@ def trained_teachers(
             batch_size=budget.batch_size,
             lr=budget.lr,
             seed=seed,
+            progress=progress,
         )
         return [teacher.state_dict() for teacher in teachers]
 

@@ -10,13 +10,20 @@ Avalanche) is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from csl_avalanche.core.clustering import AUTO, LEVELS_KEY, AutoHierarchy, check_sizes
+from csl_avalanche.core.clustering import (
+    AUTO,
+    DEFAULT_HOLDOUT,
+    HOLDOUT_KEY,
+    LEVELS_KEY,
+    AutoHierarchy,
+    check_sizes,
+)
 from csl_avalanche.core.errors import ConfigError
-from csl_avalanche.core.hierarchy import Hierarchy
+from csl_avalanche.core.hierarchy import Hierarchy, HierarchyError, is_levels
 from csl_avalanche.core.rules import (
     BOOLEAN,
     FILE,
@@ -36,8 +43,9 @@ from csl_avalanche.core.rules import (
 )
 
 HIERARCHY = Rule(
-    f"null, {AUTO}, or a list of levels, each a list of groups of classes",
-    lambda v: v is None or v == AUTO or isinstance(v, list),
+    f"null, {AUTO}, or a list of levels, each a list of groups of classes (level 0 one group of "
+    "all, e.g. [[[0,1,2,3]],[[0,1],[2,3]]])",
+    lambda v: v is None or v == AUTO or is_levels(v),
 )
 
 
@@ -55,23 +63,29 @@ class BenchmarkSettings:
     auto_levels: list[int] | None = setting(
         optional(list_of(whole(2))), "with hierarchy=auto: subdomains per level after level 0"
     )
-    auto_holdout: float = setting(
-        number("in (0, 1)", lambda v: 0 < v < 1),
-        "with hierarchy=auto: the held-out fraction of the teacher split",
+    auto_holdout: float | None = setting(
+        optional(number("in (0, 1)", lambda v: 0 < v < 1)),
+        f"with hierarchy=auto: the held-out fraction of the teacher split; null: {DEFAULT_HOLDOUT}",
     )
 
     # Why a benchmark cannot cluster its own subdomains (None: it can).
     no_auto_because = None
 
     def check(self) -> None:
-        """`auto_levels` only with `hierarchy=auto`, and `auto` only where it can work."""
+        """`auto_levels` and `auto_holdout` only with `hierarchy=auto`, and `auto` only where
+        it can work."""
         if self.hierarchy != AUTO:
-            if self.auto_levels is not None:
-                raise ConfigError(
-                    f"{LEVELS_KEY}={list(self.auto_levels)} sets the levels of an automatic "
-                    f"hierarchy, but benchmark.hierarchy is not {AUTO}; add "
-                    f"benchmark.hierarchy={AUTO} or drop {LEVELS_KEY}"
-                )
+            for key, value, what in (
+                (LEVELS_KEY, self.auto_levels, "the levels"),
+                (HOLDOUT_KEY, self.auto_holdout, "the held-out fraction"),
+            ):
+                if value is not None:
+                    shown = list(value) if isinstance(value, list | tuple) else value
+                    raise ConfigError(
+                        f"{key}={shown} sets {what} of an automatic hierarchy, but "
+                        f"benchmark.hierarchy is not {AUTO}; add benchmark.hierarchy={AUTO} or "
+                        f"drop {key}"
+                    )
             return
         if self.no_auto_because:
             raise ConfigError(
@@ -86,6 +100,20 @@ class BenchmarkSettings:
             )
         check_sizes(list(self.auto_levels), num_classes=None)
 
+    def given_hierarchy(self, num_classes: int, class_names: Sequence[str] = ()) -> Hierarchy:
+        """`benchmark.hierarchy` as the config gives it: groups of class indices, or of
+        `class_names` where the benchmark has names."""
+        if self.hierarchy is None:
+            raise ConfigError(
+                f"benchmark={self.name} has no hierarchy of its own: set benchmark.hierarchy to "
+                f"levels of groups of its classes 0..{num_classes - 1} (level 0 one group of "
+                f"all, e.g. [[[0,1,2,3]],[[0,1],[2,3]]] for 4 classes), or to {AUTO}"
+            )
+        try:
+            return Hierarchy.from_groups(self.hierarchy, num_classes, class_names)
+        except HierarchyError as err:
+            raise ConfigError(f"benchmark.hierarchy: {err}") from None
+
     def chosen_hierarchy(
         self, num_classes: int, hand_picked: Callable[[], Hierarchy]
     ) -> Hierarchy | AutoHierarchy:
@@ -94,7 +122,8 @@ class BenchmarkSettings:
         trains); otherwise the benchmark's own `hand_picked` hierarchy."""
         if self.hierarchy != AUTO:
             return hand_picked()
-        return AutoHierarchy(tuple(self.auto_levels), float(self.auto_holdout), num_classes)
+        holdout = DEFAULT_HOLDOUT if self.auto_holdout is None else float(self.auto_holdout)
+        return AutoHierarchy(tuple(self.auto_levels), holdout, num_classes)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,17 @@ def part_sizes(count: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return sizes
 
 
+def smallest_fraction(count: int) -> float:
+    """The smallest fraction, at two significant digits, whose part of `count` samples is at
+    least one sample (`part_sizes` rounds half to even: 0.5 gives none)."""
+    bound = 0.5 / count
+    step = 10.0 ** (math.floor(math.log10(bound)) - 1)
+    steps = math.ceil(bound / step)
+    while part_sizes(count, {"part": steps * step})["part"] < 1:
+        steps += 1
+    return round(steps * step, 1 - math.floor(math.log10(step)))
+
+
 def min_class_size(fractions: Mapping[str, float]) -> int:
     """The smallest count from which on every part gets at least one sample of a class."""
     # From 2 / (smallest fraction) on, each part's share is >= 2 and rounding moves each of

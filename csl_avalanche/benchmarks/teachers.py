@@ -35,8 +35,10 @@ def train_teachers(
     batch_size: int,
     lr: float,
     seed: int,
+    progress: bool,
 ) -> list[nn.Module]:
-    """Train one teacher per subdomain of every level, in global teacher order.
+    """Train one teacher per subdomain of every level, in global teacher order (a progress
+    bar over the teachers where `progress`).
 
     A teacher trains on the examples whose unit is in its subdomain: the class (`units=None`),
     or e.g. the input domain of each example (`units` [N], DomainNet). Examples are indexed,
@@ -45,7 +47,8 @@ def train_teachers(
     units = y if units is None else units
     subdomains = [sub for level in hierarchy.levels for sub in level]
     teachers = []
-    for index, members in enumerate(tqdm(subdomains, desc="weak teachers", leave=False)):
+    bar = tqdm(subdomains, desc="weak teachers", disable=not progress, leave=False)
+    for index, members in enumerate(bar):
         subset = torch.isin(units, torch.tensor(members)).nonzero().flatten()
         if not len(subset):
             raise ConfigError(

@@ -47,6 +47,8 @@ from csl_avalanche.core.hierarchy import Hierarchy
 
 AUTO = "auto"
 LEVELS_KEY = "benchmark.auto_levels"
+HOLDOUT_KEY = "benchmark.auto_holdout"
+DEFAULT_HOLDOUT = 0.2  # the held-out fraction of the teacher split where none is given
 
 
 def confusion_matrix(
@@ -81,9 +83,16 @@ def merged_confusion(confusion: torch.Tensor, groups: Sequence[Sequence[int]]) -
     return membership.T @ confusion.long() @ membership
 
 
-def check_sizes(sizes: Sequence[int], num_classes: int | None, what: str = LEVELS_KEY) -> None:
+def check_sizes(
+    sizes: Sequence[int],
+    num_classes: int | None,
+    what: str = LEVELS_KEY,
+    *,
+    drop: str = f"benchmark.hierarchy={AUTO}",
+) -> None:
     """`sizes` (subdomains per level after the generalist) must be strictly increasing whole
-    numbers in 2..num_classes (None: the number of classes is not known yet)."""
+    numbers in 2..num_classes (None: the number of classes is not known yet). Where no size
+    fits (num_classes < 2), the error says to `drop` the automatic hierarchy."""
     largest = num_classes if num_classes is not None else float("inf")
     valid = (
         len(sizes) > 0
@@ -91,13 +100,20 @@ def check_sizes(sizes: Sequence[int], num_classes: int | None, what: str = LEVEL
         and all(2 <= k <= largest for k in sizes)
         and all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
     )
-    if not valid:
-        bound = "2 or more" if num_classes is None else f"in 2..{num_classes}"
-        example = 5 if num_classes is None else min(num_classes, 5)
+    if valid:
+        return
+    if largest < 2:
         raise ConfigError(
-            f"{what}={list(sizes)} must list the number of subdomains of each level after the "
-            f"generalist, strictly increasing, each {bound}, e.g. {what}=[2,{example}]"
+            f"{what}={list(sizes)}: no level fits between the generalist and the finest one "
+            f"here, since a level needs 2 or more subdomains and at most {num_classes} fit; "
+            f"drop {drop}"
         )
+    bound = "2 or more" if num_classes is None else f"in 2..{num_classes}"
+    example = ",".join(str(k) for k in ([2] if largest == 2 else [2, min(largest, 5)]))
+    raise ConfigError(
+        f"{what}={list(sizes)} must list the number of subdomains of each level after the "
+        f"generalist, strictly increasing, each {bound}, e.g. {what}=[{example}]"
+    )
 
 
 def nested_groups(

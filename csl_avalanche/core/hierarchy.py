@@ -29,7 +29,12 @@ class Hierarchy:
     num_classes: int
 
     def __init__(self, levels: Sequence[Sequence[Sequence[int]]], num_classes: int):
-        frozen = tuple(tuple(tuple(sorted(int(c) for c in sub)) for sub in lvl) for lvl in levels)
+        try:
+            frozen = tuple(
+                tuple(tuple(sorted(int(c) for c in sub)) for sub in lvl) for lvl in levels
+            )
+        except (TypeError, ValueError):  # not nested three deep, or a member not an index
+            raise HierarchyError(f"{SHAPE}, as class indices; got {_brief(levels)}") from None
         object.__setattr__(self, "levels", frozen)
         object.__setattr__(self, "num_classes", int(num_classes))
         _validate(self.levels, self.num_classes)
@@ -47,9 +52,15 @@ class Hierarchy:
 
     @classmethod
     def from_groups(
-        cls, levels: Sequence[Sequence[Sequence[int | str]]], names: Sequence[str]
+        cls,
+        levels: Sequence[Sequence[Sequence[int | str]]],
+        num_classes: int,
+        names: Sequence[str] = (),
     ) -> Hierarchy:
-        """Levels whose subdomains list members by name (e.g. class folders) or by index."""
+        """Levels whose subdomains list members by index or, where the classes have `names`
+        (e.g. class folders), by name."""
+        if not is_levels(levels):
+            raise HierarchyError(f"{SHAPE}; got {_brief(levels)}")
         index = {name: i for i, name in enumerate(names)}
         resolved = []
         for lvl_idx, level in enumerate(levels):
@@ -57,14 +68,19 @@ class Hierarchy:
             for group in level:
                 members = []
                 for member in group:
-                    if isinstance(member, str) and member not in index:
+                    if isinstance(member, str) and member in index:
+                        members.append(index[member])
+                    elif isinstance(member, int) and not isinstance(member, bool):
+                        members.append(member)
+                    else:
+                        shown = list(names)[:10] + (["..."] if len(names) > 10 else [])
+                        named = f", or their names {shown}" if names else ""
                         raise HierarchyError(
-                            f"level {lvl_idx} names {member!r}, which is not one of "
-                            f"{list(names)[:10]}{' ...' if len(names) > 10 else ''}"
+                            f"level {lvl_idx} names {member!r}, which is not a class: the "
+                            f"classes are 0..{num_classes - 1}{named}"
                         )
-                    members.append(index[member] if isinstance(member, str) else int(member))
                 resolved[-1].append(members)
-        return cls(resolved, len(names))
+        return cls(resolved, num_classes)
 
     @classmethod
     def from_teacher_lists(
@@ -120,6 +136,30 @@ class Hierarchy:
 
     def as_lists(self) -> list[list[list[int]]]:
         return [[list(sub) for sub in lvl] for lvl in self.levels]
+
+
+SHAPE = (
+    "a hierarchy is a list of levels, each a list of groups of classes: level 0 one group of "
+    "all, e.g. [[[0,1,2,3]],[[0,1],[2,3]]]"
+)
+
+
+def is_levels(levels: object) -> bool:
+    """Whether `levels` has a hierarchy's shape: a list of levels, each a list of groups, each a
+    list of members that are not lists (class indices or names; `from_groups` checks which)."""
+
+    def listed(value: object) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+    return listed(levels) and all(
+        listed(level) and all(listed(g) and not any(listed(m) for m in g) for g in level)
+        for level in levels
+    )
+
+
+def _brief(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else f"{shown[:77]}..."
 
 
 def _validate(levels: tuple[tuple[tuple[int, ...], ...], ...], num_classes: int) -> None:

@@ -66,7 +66,7 @@ def superclass_hierarchy(
     fine_of = [sorted({int(f) for f in fine[coarse == s]}) for s in range(len(coarse_names))]
     levels = [[coarse_names], *groups, [[name] for name in coarse_names]]
     try:
-        by_superclass = Hierarchy.from_groups(levels, coarse_names)
+        by_superclass = Hierarchy.from_groups(levels, len(coarse_names), coarse_names)
         return Hierarchy(
             [
                 [[c for s in group for c in fine_of[s]] for group in lvl]

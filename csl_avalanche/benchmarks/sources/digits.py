@@ -16,7 +16,6 @@ from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.pipeline import build_feature_set, split_tensors
 from csl_avalanche.benchmarks.registry import SourceContext, register_source
 from csl_avalanche.benchmarks.settings import Budget, DigitsSettings
-from csl_avalanche.core.hierarchy import Hierarchy
 from csl_avalanche.models.factories import mlp_backbone, pooled_linear_teacher
 
 SIDE = 8
@@ -35,7 +34,7 @@ def digits_features(settings: DigitsSettings, context: SourceContext) -> Feature
     x, y = load_digits_tensors()
     data = split_tensors(x, y, settings.benchmark.splits, context.seed)
     hierarchy = settings.benchmark.chosen_hierarchy(
-        10, lambda: Hierarchy(settings.benchmark.hierarchy, 10)
+        10, lambda: settings.benchmark.given_hierarchy(10)
     )
     student, teacher = settings.student, settings.teacher
     return build_feature_set(
@@ -49,4 +48,5 @@ def digits_features(settings: DigitsSettings, context: SourceContext) -> Feature
         teacher_config=asdict(teacher),
         cache=context.cache,
         seed=context.seed,
+        progress=context.progress,
     )

@@ -65,7 +65,9 @@ def domainnet_features(settings: DomainNetSettings, context: SourceContext) -> F
     images, domains, classes = scan_domains(root, wanted)
     groups = settings.benchmark.domain_groups or []
     try:
-        hierarchy = Hierarchy.from_groups([[domains], *groups, [[d] for d in domains]], domains)
+        hierarchy = Hierarchy.from_groups(
+            [[domains], *groups, [[d] for d in domains]], len(domains), domains
+        )
     except HierarchyError as err:
         raise ConfigError(f"benchmark.domain_groups: {err}") from None
     parts = split_images(

@@ -27,7 +27,6 @@ from csl_avalanche.benchmarks.pipeline import build_feature_set, split_tensors
 from csl_avalanche.benchmarks.registry import SourceContext, register_source
 from csl_avalanche.benchmarks.settings import Budget, FashionMnistSettings
 from csl_avalanche.core.errors import ConfigError
-from csl_avalanche.core.hierarchy import Hierarchy
 from csl_avalanche.models.factories import pooled_linear_teacher, small_cnn_backbone
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ def fashion_mnist_features(settings: FashionMnistSettings, context: SourceContex
     side = int(round(x.shape[1] ** 0.5))
     data = split_tensors(x, y, settings.benchmark.splits, context.seed)
     hierarchy = settings.benchmark.chosen_hierarchy(
-        NUM_CLASSES, lambda: Hierarchy(settings.benchmark.hierarchy, NUM_CLASSES)
+        NUM_CLASSES, lambda: settings.benchmark.given_hierarchy(NUM_CLASSES, CLASSES)
     )
     student, teacher = settings.student, settings.teacher
     return build_feature_set(
@@ -189,5 +188,6 @@ def fashion_mnist_features(settings: FashionMnistSettings, context: SourceContex
         teacher_config={"arch": "pooled_linear", "side": side, **asdict(teacher)},
         cache=context.cache,
         seed=context.seed,
+        progress=context.progress,
         class_names=CLASSES,
     )

@@ -53,10 +53,9 @@ def class_hierarchy(benchmark: BenchmarkSettings, classes: list[str]) -> Hierarc
 
 
 def _given(benchmark: BenchmarkSettings, classes: list[str]) -> Hierarchy:
-    key = "benchmark.hierarchy" if benchmark.hierarchy else "benchmark.teachers_per_level"
+    if benchmark.hierarchy:
+        return benchmark.given_hierarchy(len(classes), classes)
     try:
-        if benchmark.hierarchy:
-            return Hierarchy.from_groups(benchmark.hierarchy, classes)
         return Hierarchy.contiguous_blocks(len(classes), list(benchmark.teachers_per_level))
     except HierarchyError as err:
-        raise ConfigError(f"{key}: {err}") from None
+        raise ConfigError(f"benchmark.teachers_per_level: {err}") from None
