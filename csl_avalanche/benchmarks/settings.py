@@ -70,10 +70,17 @@ class BenchmarkSettings:
 
     # Why a benchmark cannot cluster its own subdomains (None: it can).
     no_auto_because = None
+    # Where a benchmark's levels come from instead of `benchmark.hierarchy` (None: from it).
+    levels_from = None
 
     def check(self) -> None:
-        """`auto_levels` and `auto_holdout` only with `hierarchy=auto`, and `auto` only where
-        it can work."""
+        """`auto_levels` and `auto_holdout` only with `hierarchy=auto`, `auto` only where it can
+        work, and a hand-written hierarchy only where the benchmark reads it."""
+        if isinstance(self.hierarchy, list) and self.levels_from:
+            raise ConfigError(
+                f"benchmark={self.name} takes its levels from {self.levels_from}, not from "
+                f"benchmark.hierarchy, which it would ignore; drop benchmark.hierarchy"
+            )
         if self.hierarchy != AUTO:
             for key, value, what in (
                 (LEVELS_KEY, self.auto_levels, "the levels"),
@@ -129,6 +136,7 @@ class BenchmarkSettings:
 @dataclass(frozen=True)
 class FeaturesBenchmark(BenchmarkSettings):
     no_auto_because = "the features file gives the teachers, and with them the hierarchy"
+    levels_from = "the features file (its hierarchy entry)"
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ class Cifar100Benchmark(SplitBenchmark):
     superclass_groups: list = setting(
         GROUPS, "levels between the generalist and the 20 superclasses, as superclass names"
     )
+    levels_from = "benchmark.superclass_groups (or benchmark.hierarchy=auto)"
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,7 @@ class DomainNetBenchmark(SplitBenchmark):
         GROUPS, "levels between the generalist and the per-domain specialists"
     )
     no_auto_because = "its subdomains are input domains (benchmark.domain_groups), not classes"
+    levels_from = "benchmark.domain_groups"
 
 
 # -- data.* ------------------------------------------------------------------------------------
