@@ -13,7 +13,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from csl_avalanche import distributed
-from csl_avalanche.core.confidence_loss import LOSSES, logconf_loss, logconf_weight
+from csl_avalanche.core.confidence_loss import LOSSES, WeightRamp, logconf_loss
 from csl_avalanche.core.cosupervision import LABEL_KINDS
 from csl_avalanche.training.loader import InMemoryBatchLoader
 
@@ -30,9 +30,10 @@ class StudentTemplate(SupervisedTemplate):
 
     `loss="logconf"` trains on (1 - w) * CE(teacher target) + w * CE(the student's own
     class-balanced hardened prediction) (csl_avalanche.core.confidence_loss), w ramped from 0 to
-    `logconf_alpha` over the first `logconf_warmup` fraction of each experience's steps; the
-    ramp is read off the clock, so a resumed run takes the same weights. `loss="ce"` (and
-    evaluation) is plain cross-entropy.
+    `logconf_alpha` over the first `logconf_warmup` fraction of each experience's steps
+    (`WeightRamp`; a re-assignment replans it without a jump); the ramp is read off the clock,
+    so a resumed run takes the same weights. `loss="ce"` (and evaluation) is plain
+    cross-entropy.
 
     Under torchrun (csl_avalanche.distributed) `batch_size` stays the global batch: each rank
     trains on its weighted share of every batch (`loader.rank_share`) through
@@ -82,6 +83,7 @@ class StudentTemplate(SupervisedTemplate):
         self.logconf_alpha = logconf_alpha
         self.logconf_warmup = logconf_warmup
         self.level_steps = 0  # the current experience's training steps
+        self.weight_ramp: WeightRamp | None = None  # the confidence weight over those steps
         self.in_memory = in_memory
         self.seed = seed
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -103,8 +105,7 @@ class StudentTemplate(SupervisedTemplate):
         """The confidence term's weight at the current step: 0 for `loss="ce"`."""
         if self.loss_kind == "ce":
             return 0.0
-        step = self.clock.train_exp_iterations
-        return logconf_weight(step, self.level_steps, self.logconf_alpha, self.logconf_warmup)
+        return self.weight_ramp.weight(self.clock.train_exp_iterations)
 
     def _soft_targets(self) -> torch.Tensor:
         """Minibatch column 2 in float32 (the co-supervision plugin keeps it in float16),
@@ -167,26 +168,42 @@ class StudentTemplate(SupervisedTemplate):
         self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, self.level_steps
         )
+        self.weight_ramp = WeightRamp.for_level(
+            self.level_steps, self.logconf_alpha, self.logconf_warmup
+        )
 
     def replace_training_data(self, dataset) -> None:
         """Train the rest of the experience on `dataset` (CSL's re-assignment inside a level):
-        a new loader, and the experience's step count (the cosine schedule's length, the
-        confidence loss's ramp) set so that the schedule still reaches zero at its last step
-        (the schedule's recursive form keeps the rate continuous)."""
+        a new loader whose shuffling generator is the old one's, continued, so that each epoch
+        draws the permutation it would have drawn without the pass (a level without passes
+        draws its epochs' permutations from one generator); and the experience's step count
+        set so that the cosine schedule still reaches zero at its last step (its recursive form
+        keeps the rate continuous) and the confidence weight's ramp replanned from where it is
+        (`WeightRamp.replanned`: no jump)."""
+        generator = getattr(self.dataloader, "generator", None)
         self.adapted_dataset = dataset.train()
-        self.make_train_dataloader()
+        self.make_train_dataloader(generator=generator)
+        step = self.clock.train_exp_iterations
         remaining = (self.train_epochs - self.clock.train_exp_epochs) * len(self.dataloader)
-        self.level_steps = max(1, self.clock.train_exp_iterations + remaining)
+        self.level_steps = max(1, step + remaining)
         self.lr_scheduler.T_max = self.level_steps
+        self.weight_ramp = self.weight_ramp.replanned(step, self.level_steps)
 
     def optimizer_step(self) -> None:
         super().optimizer_step()
         self.lr_scheduler.step()
 
-    def make_train_dataloader(self, shuffle: bool = True, **kwargs) -> None:
+    def make_train_dataloader(
+        self, shuffle: bool = True, generator: torch.Generator | None = None, **kwargs
+    ) -> None:
+        """The in-memory loader shuffles with `generator`, by default one seeded by the seed and
+        the experience (the same on every rank)."""
         if not self.in_memory:
             return super().make_train_dataloader(shuffle=shuffle, **kwargs)
-        generator = torch.Generator().manual_seed(self.seed + 1000 * self.clock.train_exp_counter)
+        if generator is None:
+            generator = torch.Generator().manual_seed(
+                self.seed + 1000 * self.clock.train_exp_counter
+            )
         self.dataloader = InMemoryBatchLoader(
             self.adapted_dataset,
             batch_size=self.train_mb_size,
