@@ -146,9 +146,15 @@ class StudentTemplate(SupervisedTemplate):
                 self.parallel_model = distributed.data_parallel(self.model)
             distributed.seed_rank_stream(self.seed + 1000 * self.clock.train_exp_counter)
 
-    def _after_training_exp(self, **kwargs) -> None:
-        if self.parallel_model is not None:  # the same model on every rank for E-step and eval
+    def share_model(self) -> None:
+        """Under torchrun, rank 0's weights and buffers on every rank, for what runs the model
+        whole on every rank (the E-step, the evaluation): each rank's training steps update
+        BatchNorm's running statistics from its own share of the batch."""
+        if self.parallel_model is not None:
             distributed.broadcast_state(self.model)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        self.share_model()
         super()._after_training_exp(**kwargs)
 
     def forward(self) -> torch.Tensor:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import rank_checks
 import torch
 from conftest import REPO, cli, features_from_config, make_feature_set
 from hydra import compose, initialize_config_module
@@ -149,6 +150,45 @@ def assert_same_accuracies(parallel: dict, single: dict) -> None:
     for a, b in zip(parallel["levels"], single["levels"], strict=True):
         assert abs(a["student_accuracy"] - b["student_accuracy"]) <= 0.005
     assert abs(parallel["ceiling_accuracy"] - single["ceiling_accuracy"]) <= 0.005
+
+
+def test_ranks_exchange_the_estep_results_in_place_and_equal_one_process(tmp_path, single_threaded):
+    """tests/rank_checks.py under torchrun: each rank's E-step results, kept soft targets and
+    kept dataset are one process's, bit for bit, and no object the ranks pickle carries them
+    (only errors, or none, travel as objects; the soft targets of 512 samples take 64 KB)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*cmd, str(REPO / "tests" / "rank_checks.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    one = rank_checks.relabelled_level()
+    assert 0.2 < one["keep"].float().mean() < 0.8  # the selection chose
+    for got in ranks:
+        assert got["level"].keys() == one.keys()
+        for name, value in one.items():
+            if name == "dataset":
+                assert all(map(torch.equal, got["level"][name], value))
+            else:
+                assert torch.equal(got["level"][name], value), name
+        assert max(got["objects"]) < 1024
+        # share_rows: rank 0's rows 0, 2, 3, 7, 8 and rank 1's 1, 4, 5, 6, 9, on both.
+        expected = torch.zeros(10, 3, dtype=torch.float16)
+        expected[[0, 2, 3, 7, 8]] = torch.arange(15, dtype=torch.float16).view(5, 3)
+        expected[[1, 4, 5, 6, 9]] = torch.arange(15, dtype=torch.float16).view(5, 3) + 100
+        assert torch.equal(got["rows"]["values"], expected)
+        flags = [True, False, False, True, True, False, False, True, False, True]
+        assert got["rows"]["flags"].tolist() == flags
+        # share_model: rank 0's BatchNorm statistics everywhere.
+        assert got["batchnorm"]["1.running_mean"].tolist() == [1.0] * 4
+        assert got["batchnorm"]["1.running_var"].tolist() == [2.0] * 4
+    assert all(torch.equal(ranks[0]["batchnorm"][k], v) for k, v in ranks[1]["batchnorm"].items())
 
 
 def test_two_processes_match_one_on_the_digits_default(tmp_path, single_threaded):

@@ -182,3 +182,20 @@ def test_the_confidence_weight_ramps_on_continuously_across_a_pass(tiny_features
         assert all(weights[s] == alpha for s in range(start, stop) if s >= end)
         if stop > end > start and weights[start] < alpha:
             assert weights[math.ceil(end) - 1] < alpha  # reached at the end, not before
+
+
+def test_every_pass_first_shares_rank_0s_model(tiny_features):
+    """Under torchrun each rank's training steps move its BatchNorm statistics apart: a pass
+    inside a level first gives every rank rank 0's model (`share_model`, as the end of every
+    level does), so that all ranks label their blocks with one student."""
+    strategy = make_csl(
+        tiny_features, epochs=3, denoise="top1", scale_epochs=False, reassign_every=1
+    )
+    events = []
+    share, estep = strategy.share_model, strategy.cosupervision._results
+    strategy.share_model = lambda: events.append("share") or share()
+    strategy.cosupervision._results = lambda *args: events.append("E-step") or estep(*args)
+    for experience in make_csl_benchmark(tiny_features).train_stream:
+        strategy.train(experience, eval_streams=[])
+    level_1 = ["E-step", "share", "E-step", "share", "E-step", "share"]  # passes at epochs 1, 2
+    assert events == ["E-step", "share", *level_1]
