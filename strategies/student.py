@@ -13,7 +13,13 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from csl_avalanche import distributed
-from csl_avalanche.core.confidence_loss import LOSSES, WeightRamp, logconf_loss
+from csl_avalanche.core.confidence_loss import (
+    LOSSES,
+    WeightRamp,
+    batch_hardened_labels,
+    logconf_loss,
+    teacher_classes,
+)
 from csl_avalanche.core.cosupervision import LABEL_KINDS
 from csl_avalanche.training.loader import InMemoryBatchLoader
 
@@ -40,9 +46,9 @@ class StudentTemplate(SupervisedTemplate):
     DistributedDataParallel (Avalanche 0.6's templates do not wrap the model themselves),
     which averages the gradients, so the ranks take the steps one process would. `self.model`
     stays the plain module: evaluation, the E-step and checkpoints use it. The confidence loss
-    hardens each rank's share against the share's own teacher counts: the global batch keeps
-    its teacher class counts exactly, but which samples take which class can differ from one
-    process's hardening of the whole batch.
+    hardens the whole global batch, as one process does: at each step the ranks exchange their
+    shares' detached logits and teacher classes ([batch_size, C] in all), each hardens the
+    whole batch and trains on its share of the labels.
     """
 
     def __init__(
@@ -96,10 +102,29 @@ class StudentTemplate(SupervisedTemplate):
         if not self.is_training:
             return self._criterion(self.mb_output, self.mb_y)
         target = self._soft_targets() if self.labels == "soft" else self.mb_y
-        loss = logconf_loss(self.mb_output, target, self.confidence_weight())
-        if self.parallel_model is not None:
-            loss = loss * self.dataloader.share_weight  # this rank's part of the global batch
-        return loss
+        weight = self.confidence_weight()
+        if self.parallel_model is None:
+            return logconf_loss(self.mb_output, target, weight)
+        hardened = self._share_of_hardened_batch(target) if weight > 0 else None
+        loss = logconf_loss(self.mb_output, target, weight, hardened)
+        return loss * self.dataloader.share_weight  # this rank's part of the global batch
+
+    def _share_of_hardened_batch(self, target: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the confidence labels of the whole global batch, hardened as
+        one process hardens it (`batch_hardened_labels`): the ranks' shares, every P-th sample
+        of the batch (`loader.rank_share`), are exchanged and put back in batch order."""
+        length, size = self.dataloader.batch_length, distributed.world_size()
+        shares = [torch.arange(r, length, size) for r in range(size)]
+        mine = shares[distributed.rank()]
+        logits = self.mb_output.new_empty((length, self.mb_output.shape[1]))
+        classes = torch.empty(length, dtype=torch.long, device=logits.device)
+        if len(mine):
+            logits[mine] = self.mb_output.detach()
+            classes[mine] = teacher_classes(target)
+        distributed.share_rows(logits, shares)
+        distributed.share_rows(classes, shares)
+        hardened = batch_hardened_labels(logits, classes)
+        return hardened[mine] if len(mine) else hardened[:1]  # an empty share's stand-in
 
     def confidence_weight(self) -> float:
         """The confidence term's weight at the current step: 0 for `loss="ce"`."""

@@ -270,15 +270,11 @@ def test_logconf_with_alpha_0_gives_the_numbers_of_ce(tmp_path, features_file, l
 def test_logconf_trains_class_incrementally_with_the_continual_plugins(
     tmp_path, features_file, strategy
 ):
-    results = run(
-        tmp_path / strategy,
-        *features_file,
-        "scenario=class_incremental",
-        f"strategy={strategy}",
-        "strategy.loss=logconf",
-        "plugins=[replay,ewc,lwf]",
-    )
+    common = (*features_file, "scenario=class_incremental", f"strategy={strategy}")
+    ce = run(tmp_path / f"{strategy}-ce", *common, "plugins=[replay,ewc,lwf]")
+    results = run(tmp_path / strategy, *common, "strategy.loss=logconf", "plugins=[replay,ewc,lwf]")
     numbers = accuracies(results) + [results["final_average_accuracy"]]
     assert len(results["arrivals"]) == 2
     assert all(math.isfinite(number) for number in numbers)
     assert results["final_accuracy"] > 0.35  # it learned (chance 1/4)
+    assert accuracies(results) != accuracies(ce)  # the option reaches the arrivals' loss

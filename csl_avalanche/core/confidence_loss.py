@@ -68,21 +68,35 @@ def hardened_labels(probs: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def logconf_loss(logits: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
+def batch_hardened_labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The confidence term's labels for a batch: the student's prediction (detached, no
+    gradient) hardened with quotas = the teacher's class counts in the batch. `target` holds
+    class indices [B] or probability rows [B, C]."""
+    with torch.no_grad():
+        quota = torch.bincount(teacher_classes(target), minlength=logits.shape[1])
+        return hardened_labels(logits.softmax(dim=1), quota)
+
+
+def logconf_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: float,
+    hardened: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(1 - weight) * CE(logits, target) + weight * CE(logits, hardened labels), the batch mean.
 
-    `target` holds class indices [B] or probability rows [B, C]; the hardened labels (from the
-    detached logits, quotas = the teacher's class counts in the batch) carry no gradient. With
-    weight 0 this is `F.cross_entropy(logits, target)` itself, bit for bit.
+    `target` holds class indices [B] or probability rows [B, C]; `hardened`: the confidence
+    term's labels, by default `batch_hardened_labels(logits, target)` (a data-parallel rank
+    passes its share of the whole batch's). With weight 0 this is `F.cross_entropy(logits,
+    target)` itself, bit for bit.
     """
     if not 0 <= weight <= 1:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
     teacher_loss = F.cross_entropy(logits, target)
     if weight == 0:
         return teacher_loss
-    with torch.no_grad():
-        quota = torch.bincount(teacher_classes(target), minlength=logits.shape[1])
-        hardened = hardened_labels(logits.softmax(dim=1), quota)
+    if hardened is None:
+        hardened = batch_hardened_labels(logits, target)
     return (1 - weight) * teacher_loss + weight * F.cross_entropy(logits, hardened)
 
 
