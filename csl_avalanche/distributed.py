@@ -5,9 +5,12 @@ machine; `csl_avalanche.experiments.launch` joins them into one process group th
 `DistributedHelper` (gloo on CPU, nccl on CUDA). With one process every helper here runs its
 function directly and communicates nothing, so a plain run is unchanged.
 
-The patterns: work that splits by samples is sharded by rows (`shard_rows`); work that writes a
-file (cache entries, TensorBoard, checkpoints, results.json) runs on rank 0 alone
-(`main_only`) while the others wait and then read what it wrote. An error the user must fix
+The patterns: work that splits by samples is sharded by rows (`shard_rows`), and where every
+rank needs every row's result, each rank's rows are broadcast into the others' tensors in
+place (`share_rows`: tensors never travel as pickled objects, which would hold several copies
+of them on every rank); work that writes a file (cache entries, TensorBoard, checkpoints,
+results.json) runs on rank 0 alone (`main_only`) while the others wait and then read what it
+wrote. An error the user must fix
 (ConfigError) reaches every rank, so all of them stop with the same one-line message instead
 of some waiting forever for a rank that stopped.
 """
