@@ -51,10 +51,10 @@ def test_each_pass_relabels_with_the_current_student_and_trains_on_its_kept_samp
     calls, students = [], []
     results = strategy.cosupervision._results
 
-    def spy(strategy, experience):
+    def spy(strategy, experience, *args):
         calls.append(experience.level)
         students.append(strategy.model.weight.detach().clone())
-        return results(strategy, experience)
+        return results(strategy, experience, *args)
 
     strategy.cosupervision._results = spy
     for experience in make_csl_benchmark(tiny_features).train_stream:
