@@ -10,9 +10,8 @@ rank needs every row's result, each rank's rows are broadcast into the others' t
 place (`share_rows`: tensors never travel as pickled objects, which would hold several copies
 of them on every rank); work that writes a file (cache entries, TensorBoard, checkpoints,
 results.json) runs on rank 0 alone (`main_only`) while the others wait and then read what it
-wrote. An error the user must fix
-(ConfigError) reaches every rank, so all of them stop with the same one-line message instead
-of some waiting forever for a rank that stopped.
+wrote. An error the user must fix (ConfigError) reaches every rank, so all of them stop with
+the same one-line message instead of some waiting forever for a rank that stopped.
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
     epochs so the steps per level stay equal. chunk_size: pool rows whose teacher outputs an
     E-step chunk reads at once (None: as many as fit `estep.CHUNK_MEMORY`); the student runs
     on the same evaluation batches (the strategy's) whatever the chunk size. reassign_every:
-    E > 0 repeats the E-step and the selection with the current
-    student every E epochs inside a level (online EM; E scales with the level's epochs under
-    scale_epochs, so E = strategy.epochs never repeats it); None: once per level, the paper.
+    E > 0 repeats the E-step and the selection with the current student every E epochs inside
+    a level (online EM; E scales with the level's epochs under scale_epochs, so E =
+    strategy.epochs never repeats it); None: once per level, the paper.
     """
 
     def __init__(
