@@ -5,17 +5,19 @@ machine; `csl_avalanche.experiments.launch` joins them into one process group th
 `DistributedHelper` (gloo on CPU, nccl on CUDA). With one process every helper here runs its
 function directly and communicates nothing, so a plain run is unchanged.
 
-The patterns: work that splits by samples is sharded by rows (`shard_rows`); work that writes a
-file (cache entries, TensorBoard, checkpoints, results.json) runs on rank 0 alone
-(`main_only`) while the others wait and then read what it wrote. An error the user must fix
-(ConfigError) reaches every rank, so all of them stop with the same one-line message instead
-of some waiting forever for a rank that stopped.
+The patterns: work that splits by samples is sharded by rows (`shard_rows`), and where every
+rank needs every row's result, each rank's rows are broadcast into the others' tensors in
+place (`share_rows`: tensors never travel as pickled objects, which would hold several copies
+of them on every rank); work that writes a file (cache entries, TensorBoard, checkpoints,
+results.json) runs on rank 0 alone (`main_only`) while the others wait and then read what it
+wrote. An error the user must fix (ConfigError) reaches every rank, so all of them stop with
+the same one-line message instead of some waiting forever for a rank that stopped.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -26,6 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from csl_avalanche.core.errors import ConfigError
 
 T = TypeVar("T")
+
+SHARE_BYTES = 64 * 2**20  # staged per broadcast by `share_rows`
 
 
 def world_size() -> int:
@@ -92,10 +96,38 @@ def broadcast_state(model: torch.nn.Module) -> None:
         dist.broadcast(tensor, src=0)
 
 
-def shard_rows(n: int, rank: int, world_size: int) -> slice:
-    """Rank `rank`'s contiguous block of `n` rows: the blocks differ in size by at most one and,
-    in rank order, cover 0..n-1 exactly once."""
-    return slice(n * rank // world_size, n * (rank + 1) // world_size)
+def shard_rows(n: int, rank: int, world_size: int, unit: int = 1) -> slice:
+    """Rank `rank`'s contiguous block of `n` rows, cut at multiples of `unit` (whole batches):
+    the blocks differ in size by at most one unit and, in rank order, cover 0..n-1 exactly
+    once."""
+    units = -(-n // unit)
+    start, stop = units * rank // world_size, units * (rank + 1) // world_size
+    return slice(min(n, start * unit), min(n, stop * unit))
+
+
+def share_rows(tensor: torch.Tensor, rows_by_rank: Sequence[torch.Tensor]) -> None:
+    """Fill the rows `rows_by_rank[r]` (indices of dim 0) of every rank's `tensor` with rank
+    r's, in place: the rows a rank computed, received by the others without padding, without
+    pickling and without a second copy of the whole. Each rank's rows are broadcast from it
+    SHARE_BYTES at a time, staged on the process group's device (a GPU under nccl, which
+    carries no CPU tensors; under gloo the CPU)."""
+    if world_size() == 1:
+        return
+    device = DistributedHelper.make_device()
+    shape = tensor.shape[1:]
+    step = max(1, SHARE_BYTES // max(1, shape.numel() * tensor.element_size()))
+    for source, rows in enumerate(rows_by_rank):
+        for part in rows.split(step):
+            if rank() == source:
+                staged = tensor[part].to(device)
+            else:
+                staged = torch.empty((len(part), *shape), dtype=tensor.dtype, device=device)
+            # gloo carries no bool: the same bytes as uint8
+            dist.broadcast(
+                staged.view(torch.uint8) if staged.dtype == torch.bool else staged, source
+            )
+            if rank() != source:
+                tensor[part] = staged.to(tensor.device)
 
 
 def seed_rank_stream(seed: int) -> None:
@@ -130,25 +162,32 @@ def main_only(fn: Callable[[], T]) -> T | None:
     return value
 
 
-def all_ranks(fn: Callable[[], T]) -> list[T]:
-    """Run `fn` on every rank; every rank gets every rank's value (small, picklable), in rank
-    order. An error on any rank stops every rank (the lowest failing rank's, for the others)."""
+def on_every_rank(fn: Callable[[], T]) -> T:
+    """Run `fn` on every rank and return this rank's value; an error on any rank stops every
+    rank (the lowest failing rank's, for the others), so that none waits forever in a
+    collective the failed rank never joins. Only the errors are exchanged."""
     if world_size() == 1:
-        return [fn()]
+        return fn()
     value, error = None, None
     try:
         value = fn()
     except Exception as err:
         error = err
-    outcomes = DistributedHelper.gather_all_objects(
-        ("ok", value) if error is None else ("error", _shareable(error))
-    )
+    shared = DistributedHelper.gather_all_objects(None if error is None else _shareable(error))
     if error is not None:
         raise error
-    for kind, payload in outcomes:
-        if kind == "error":
-            raise payload
-    return [payload for _, payload in outcomes]
+    for other in shared:
+        if other is not None:
+            raise other
+    return value
+
+
+def all_ranks(fn: Callable[[], T]) -> list[T]:
+    """Run `fn` on every rank; every rank gets every rank's value (small, picklable: it is
+    pickled), in rank order. Errors as `on_every_rank`."""
+    if world_size() == 1:
+        return [fn()]
+    return DistributedHelper.gather_all_objects(on_every_rank(fn))
 
 
 def all_true(flag: torch.Tensor) -> bool:

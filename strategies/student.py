@@ -13,7 +13,13 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from csl_avalanche import distributed
-from csl_avalanche.core.confidence_loss import LOSSES, logconf_loss, logconf_weight
+from csl_avalanche.core.confidence_loss import (
+    LOSSES,
+    WeightRamp,
+    batch_hardened_labels,
+    logconf_loss,
+    teacher_classes,
+)
 from csl_avalanche.core.cosupervision import LABEL_KINDS
 from csl_avalanche.training.loader import InMemoryBatchLoader
 
@@ -30,18 +36,19 @@ class StudentTemplate(SupervisedTemplate):
 
     `loss="logconf"` trains on (1 - w) * CE(teacher target) + w * CE(the student's own
     class-balanced hardened prediction) (csl_avalanche.core.confidence_loss), w ramped from 0 to
-    `logconf_alpha` over the first `logconf_warmup` fraction of each experience's steps; the
-    ramp is read off the clock, so a resumed run takes the same weights. `loss="ce"` (and
-    evaluation) is plain cross-entropy.
+    `logconf_alpha` over the first `logconf_warmup` fraction of each experience's steps
+    (`WeightRamp`; a re-assignment replans it without a jump); the ramp is read off the clock,
+    so a resumed run takes the same weights. `loss="ce"` (and evaluation) is plain
+    cross-entropy.
 
     Under torchrun (csl_avalanche.distributed) `batch_size` stays the global batch: each rank
     trains on its weighted share of every batch (`loader.rank_share`) through
     DistributedDataParallel (Avalanche 0.6's templates do not wrap the model themselves),
     which averages the gradients, so the ranks take the steps one process would. `self.model`
     stays the plain module: evaluation, the E-step and checkpoints use it. The confidence loss
-    hardens each rank's share against the share's own teacher counts: the global batch keeps
-    its teacher class counts exactly, but which samples take which class can differ from one
-    process's hardening of the whole batch.
+    hardens the whole global batch, as one process does: at each step the ranks exchange their
+    shares' detached logits and teacher classes ([batch_size, C] in all), each hardens the
+    whole batch and trains on its share of the labels.
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class StudentTemplate(SupervisedTemplate):
         self.logconf_alpha = logconf_alpha
         self.logconf_warmup = logconf_warmup
         self.level_steps = 0  # the current experience's training steps
+        self.weight_ramp: WeightRamp | None = None  # the confidence weight over those steps
         self.in_memory = in_memory
         self.seed = seed
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -94,17 +102,35 @@ class StudentTemplate(SupervisedTemplate):
         if not self.is_training:
             return self._criterion(self.mb_output, self.mb_y)
         target = self._soft_targets() if self.labels == "soft" else self.mb_y
-        loss = logconf_loss(self.mb_output, target, self.confidence_weight())
-        if self.parallel_model is not None:
-            loss = loss * self.dataloader.share_weight  # this rank's part of the global batch
-        return loss
+        weight = self.confidence_weight()
+        if self.parallel_model is None:
+            return logconf_loss(self.mb_output, target, weight)
+        hardened = self._share_of_hardened_batch(target) if weight > 0 else None
+        loss = logconf_loss(self.mb_output, target, weight, hardened)
+        return loss * self.dataloader.share_weight  # this rank's part of the global batch
+
+    def _share_of_hardened_batch(self, target: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the confidence labels of the whole global batch, hardened as
+        one process hardens it (`batch_hardened_labels`): the ranks' shares, every P-th sample
+        of the batch (`loader.rank_share`), are exchanged and put back in batch order."""
+        length, size = self.dataloader.batch_length, distributed.world_size()
+        shares = [torch.arange(r, length, size) for r in range(size)]
+        mine = shares[distributed.rank()]
+        logits = self.mb_output.new_empty((length, self.mb_output.shape[1]))
+        classes = torch.empty(length, dtype=torch.long, device=logits.device)
+        if len(mine):
+            logits[mine] = self.mb_output.detach()
+            classes[mine] = teacher_classes(target)
+        distributed.share_rows(logits, shares)
+        distributed.share_rows(classes, shares)
+        hardened = batch_hardened_labels(logits, classes)
+        return hardened[mine] if len(mine) else hardened[:1]  # an empty share's stand-in
 
     def confidence_weight(self) -> float:
         """The confidence term's weight at the current step: 0 for `loss="ce"`."""
         if self.loss_kind == "ce":
             return 0.0
-        step = self.clock.train_exp_iterations
-        return logconf_weight(step, self.level_steps, self.logconf_alpha, self.logconf_warmup)
+        return self.weight_ramp.weight(self.clock.train_exp_iterations)
 
     def _soft_targets(self) -> torch.Tensor:
         """Minibatch column 2 in float32 (the co-supervision plugin keeps it in float16),
@@ -145,9 +171,15 @@ class StudentTemplate(SupervisedTemplate):
                 self.parallel_model = distributed.data_parallel(self.model)
             distributed.seed_rank_stream(self.seed + 1000 * self.clock.train_exp_counter)
 
-    def _after_training_exp(self, **kwargs) -> None:
-        if self.parallel_model is not None:  # the same model on every rank for E-step and eval
+    def share_model(self) -> None:
+        """Under torchrun, rank 0's weights and buffers on every rank, for what runs the model
+        whole on every rank (the E-step, the evaluation): each rank's training steps update
+        BatchNorm's running statistics from its own share of the batch."""
+        if self.parallel_model is not None:
             distributed.broadcast_state(self.model)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        self.share_model()
         super()._after_training_exp(**kwargs)
 
     def forward(self) -> torch.Tensor:
@@ -167,26 +199,42 @@ class StudentTemplate(SupervisedTemplate):
         self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, self.level_steps
         )
+        self.weight_ramp = WeightRamp.for_level(
+            self.level_steps, self.logconf_alpha, self.logconf_warmup
+        )
 
     def replace_training_data(self, dataset) -> None:
         """Train the rest of the experience on `dataset` (CSL's re-assignment inside a level):
-        a new loader, and the experience's step count (the cosine schedule's length, the
-        confidence loss's ramp) set so that the schedule still reaches zero at its last step
-        (the schedule's recursive form keeps the rate continuous)."""
+        a new loader whose shuffling generator is the old one's, continued, so that each epoch
+        draws the permutation it would have drawn without the pass (a level without passes
+        draws its epochs' permutations from one generator); and the experience's step count
+        set so that the cosine schedule still reaches zero at its last step (its recursive form
+        keeps the rate continuous) and the confidence weight's ramp replanned from where it is
+        (`WeightRamp.replanned`: no jump)."""
+        generator = getattr(self.dataloader, "generator", None)
         self.adapted_dataset = dataset.train()
-        self.make_train_dataloader()
+        self.make_train_dataloader(generator=generator)
+        step = self.clock.train_exp_iterations
         remaining = (self.train_epochs - self.clock.train_exp_epochs) * len(self.dataloader)
-        self.level_steps = max(1, self.clock.train_exp_iterations + remaining)
+        self.level_steps = max(1, step + remaining)
         self.lr_scheduler.T_max = self.level_steps
+        self.weight_ramp = self.weight_ramp.replanned(step, self.level_steps)
 
     def optimizer_step(self) -> None:
         super().optimizer_step()
         self.lr_scheduler.step()
 
-    def make_train_dataloader(self, shuffle: bool = True, **kwargs) -> None:
+    def make_train_dataloader(
+        self, shuffle: bool = True, generator: torch.Generator | None = None, **kwargs
+    ) -> None:
+        """The in-memory loader shuffles with `generator`, by default one seeded by the seed and
+        the experience (the same on every rank)."""
         if not self.in_memory:
             return super().make_train_dataloader(shuffle=shuffle, **kwargs)
-        generator = torch.Generator().manual_seed(self.seed + 1000 * self.clock.train_exp_counter)
+        if generator is None:
+            generator = torch.Generator().manual_seed(
+                self.seed + 1000 * self.clock.train_exp_counter
+            )
         self.dataloader = InMemoryBatchLoader(
             self.adapted_dataset,
             batch_size=self.train_mb_size,

@@ -4,7 +4,9 @@ reads the pool's or the test split's labels, and a digits run that writes its hi
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import re
 
 import pytest
@@ -166,6 +168,17 @@ def test_any_sizes_give_a_valid_hierarchy(seed):
     assert isinstance(hierarchy, Hierarchy)  # validated: partitions, each refining the last
     assert hierarchy.teachers_per_level() == [1, *sizes]
     assert Hierarchy(hierarchy.as_lists(), 9) == hierarchy
+    # The size bound: on the way from the finer level (the classes, for the finest) to k
+    # groups, a merge may not make more than ceil(9 / k) classes unless no two groups fit
+    # together any more; the bound then holds for no later merge either. So every group the
+    # level made keeps the bound, or the level's groups are pairwise too large to merge.
+    levels = hierarchy.as_lists()[1:]
+    finer_levels = [*levels[1:], [[c] for c in range(9)]]
+    for level, finer in zip(levels, finer_levels, strict=True):
+        bound = math.ceil(9 / len(level))
+        made = [group for group in level if group not in finer]
+        stuck = all(len(a) + len(b) > bound for a, b in itertools.combinations(level, 2))
+        assert stuck or all(len(group) <= bound for group in made), (level, bound)
 
 
 @pytest.mark.parametrize("sizes", [[5, 2], [2, 2], [1, 3], [2, 7], [], [2.5]])

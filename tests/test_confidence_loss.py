@@ -17,9 +17,9 @@ from conftest import cli, make_feature_set
 from csl_avalanche.benchmarks.features import save_features
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
 from csl_avalanche.core.confidence_loss import (
+    WeightRamp,
     hardened_labels,
     logconf_loss,
-    logconf_weight,
     teacher_classes,
 )
 from csl_avalanche.models.factories import linear_probe
@@ -153,7 +153,37 @@ def test_the_weight_must_be_a_fraction():
     ],
 )
 def test_the_weight_ramps_linearly_to_alpha(step, total, alpha, warmup, weight):
-    assert logconf_weight(step, total, alpha, warmup) == pytest.approx(weight)
+    assert WeightRamp.for_level(total, alpha, warmup).weight(step) == pytest.approx(weight)
+
+
+def test_a_level_planned_once_weighs_each_step_as_alpha_step_over_the_ramp_bit_for_bit():
+    """What the ramp was before re-assignment could replan it: a level without passes keeps
+    its numbers exactly."""
+    ramp = WeightRamp.for_level(137, 0.5, 0.2)
+    assert all(ramp.weight(step) == 0.5 * step / (0.2 * 137) for step in range(28))
+
+
+@pytest.mark.parametrize(
+    ("switch", "new_total", "expected"),
+    [
+        # 100 steps, alpha .5, warm-up .2: .025 per step. At step 8 (weight .2) the level now
+        # has 50 steps: the rest of the ramp, .3, over steps 8..10 (end .2 * 50): .15 per step.
+        (8, 50, {7: 0.175, 8: 0.2, 9: 0.35, 10: 0.5, 30: 0.5}),
+        # 200 steps: the end moves to 40, .3 over 32 steps.
+        (8, 200, {8: 0.2, 24: 0.2 + 0.3 * 16 / 32, 39: 0.2 + 0.3 * 31 / 32, 40: 0.5}),
+        # 20 steps: the new end (4) has passed; the ramp ends at the next step.
+        (8, 20, {8: 0.2, 9: 0.5}),
+        # After the ramp: alpha stays.
+        (30, 50, {30: 0.5, 31: 0.5}),
+    ],
+)
+def test_a_replanned_ramp_keeps_the_weight_at_the_switch_and_ends_at_the_new_warmup(
+    switch, new_total, expected
+):
+    ramp = WeightRamp.for_level(100, 0.5, 0.2)
+    replanned = ramp.replanned(switch, new_total)
+    for step, weight in expected.items():
+        assert (ramp if step < switch else replanned).weight(step) == pytest.approx(weight)
 
 
 # --- the student's loss in the strategies and on the command line ---------------------------
@@ -240,15 +270,11 @@ def test_logconf_with_alpha_0_gives_the_numbers_of_ce(tmp_path, features_file, l
 def test_logconf_trains_class_incrementally_with_the_continual_plugins(
     tmp_path, features_file, strategy
 ):
-    results = run(
-        tmp_path / strategy,
-        *features_file,
-        "scenario=class_incremental",
-        f"strategy={strategy}",
-        "strategy.loss=logconf",
-        "plugins=[replay,ewc,lwf]",
-    )
+    common = (*features_file, "scenario=class_incremental", f"strategy={strategy}")
+    ce = run(tmp_path / f"{strategy}-ce", *common, "plugins=[replay,ewc,lwf]")
+    results = run(tmp_path / strategy, *common, "strategy.loss=logconf", "plugins=[replay,ewc,lwf]")
     numbers = accuracies(results) + [results["final_average_accuracy"]]
     assert len(results["arrivals"]) == 2
     assert all(math.isfinite(number) for number in numbers)
     assert results["final_accuracy"] > 0.35  # it learned (chance 1/4)
+    assert accuracies(results) != accuracies(ce)  # the option reaches the arrivals' loss

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +13,15 @@ import torch
 from csl_avalanche.benchmarks.features import FeatureSet, load_features, save_features
 from csl_avalanche.benchmarks.streams import generalist_routed_labels, make_csl_benchmark
 from csl_avalanche.core import cosupervision as cs
-from csl_avalanche.core.estep import SOFT_TARGET_DTYPE, aligned, chunk_rows, level_results
+from csl_avalanche.core.estep import (
+    CHUNK_MEMORY,
+    SOFT_TARGET_DTYPE,
+    aligned,
+    chunk_rows,
+    level_results,
+)
+from csl_avalanche.models.fit import predict
+from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin
 
 N, K, C = 53, 3, 7
 CHUNKS = (1, 5, 17, 52, 53, 100)  # most do not divide N
@@ -96,9 +106,9 @@ def test_chunked_equals_the_whole_pool_bit_for_bit(rule, labels):
             assert all(map(same, got, expected)), (criterion, chunk_size)
 
 
-def test_row_ranges_gathered_equal_one_pass():
-    """What a data-parallel E-step does: each process its own rows, results gathered in row
-    order, then one global selection."""
+def test_row_ranges_received_in_place_equal_one_pass():
+    """What a data-parallel E-step does: each process its own rows of results for all rows
+    (`whole`), the others' rows received into them, then one global selection."""
     features, data = pool()
     hierarchy = features.hierarchy
     kwargs = dict(
@@ -106,17 +116,123 @@ def test_row_ranges_gathered_equal_one_pass():
         labels="soft",
         criterion="top2",
         class_to_teacher=hierarchy.class_to_teacher(1),
-        chunk_size=4,
+        chunk_size=3,
+        batch_size=4,
     )
     student = lambda rows: data["student"][rows]  # noqa: E731
     whole = level_results(features, hierarchy.teacher_slice(1), student, **kwargs)
+    shares = (range(0, 20), range(20, 20), range(20, 44), range(44, N))  # one process has none
     parts = [
-        level_results(features, hierarchy.teacher_slice(1), student, positions=rows, **kwargs)
-        for rows in (range(0, 20), range(20, 41), range(41, N))
+        level_results(
+            features, hierarchy.teacher_slice(1), student, positions=rows, whole=True, **kwargs
+        )
+        for rows in shares
     ]
-    gathered = cs.SampleResults.cat(parts)
-    assert all(map(same, gathered._tensors(), whole._tensors()))
-    assert torch.equal(cs.select_kept(gathered), cs.select_kept(whole))
+    received = parts[0]
+    for part, rows in zip(parts[1:], shares[1:], strict=True):
+        for into, column in zip(received._tensors(), part._tensors(), strict=True):
+            into[rows.start : rows.stop] = column[rows.start : rows.stop]
+    assert all(map(same, received._tensors(), whole._tensors()))
+    assert torch.equal(cs.select_kept(received), cs.select_kept(whole))
+
+
+def real_student_pool(width: int = 16) -> tuple[FeatureSet, torch.nn.Module]:
+    """`pool()` with inputs, and a small network whose outputs on a row depend, in their last
+    bits, on how many rows share its batch (as matrix products do)."""
+    features, _ = pool()
+    g = torch.Generator().manual_seed(1)
+    features = dataclasses.replace(features, train_x=torch.randn(N, width, generator=g))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(width, 32), torch.nn.ReLU(), torch.nn.Linear(32, C)
+    ).eval()
+    return features, model
+
+
+def test_a_real_students_logits_are_those_of_one_pass_whatever_the_chunks_and_shares():
+    """The student computes its logits inside the chunks: it must see the evaluation batches
+    of one pass over the pool (chunks smaller than a batch included) for the results to be
+    bit-identical."""
+    features, model = real_student_pool()
+    batch = 8
+    with torch.no_grad():
+        one_pass = predict(model, features.train_x, batch_size=batch)
+        assert not torch.equal(model(features.train_x[:3]), one_pass[:3])  # batch size matters
+    hierarchy = features.hierarchy
+    kwargs = dict(rule="kl", labels="soft", criterion="top2", batch_size=batch)
+    kwargs["class_to_teacher"] = hierarchy.class_to_teacher(1)
+    teachers = hierarchy.teacher_slice(1)
+
+    def student(rows):
+        with torch.no_grad():
+            return predict(model, features.train_x[rows], batch_size=batch)
+
+    expected = level_results(
+        features, teachers, lambda rows: one_pass[rows], chunk_size=N, **kwargs
+    )
+    for chunk_size in (1, 3, 8, 13, 24, N):
+        got = level_results(features, teachers, student, chunk_size=chunk_size, **kwargs)
+        assert all(map(same, got._tensors(), expected._tensors())), chunk_size
+        # Two processes' shares, cut at a multiple of the batch.
+        parts = [
+            level_results(
+                features, teachers, student, chunk_size=chunk_size, positions=rows, **kwargs
+            )
+            for rows in (range(0, 24), range(24, N))
+        ]
+        for column, left, right in zip(
+            expected._tensors(), parts[0]._tensors(), parts[1]._tensors(), strict=True
+        ):
+            assert same(column, None if left is None else torch.cat([left, right]))
+
+
+class BudgetedTeachers:
+    """Teacher outputs of many classes that only shapes matter for (one value, broadcast):
+    a chunk that would take more than the E-step's memory budget fails its read."""
+
+    def __init__(self, n: int, teachers: int, classes: int, batch_size: int):
+        self.train_y = torch.zeros(n, dtype=torch.long)
+        self.train_x = torch.zeros(n, 2)
+        self.num_classes, self.by_domain = classes, False
+        self.teachers, self.batch_size = teachers, batch_size
+        self.reads: list[int] = []
+
+    def teacher_probs(self, split, teachers, rows, device=None):
+        n = len(range(self.train_y.numel())[rows])
+        per_row = 4 * self.num_classes * (3 * self.teachers + 5)
+        logits = 4 * self.batch_size * self.num_classes  # the student's batch, held meanwhile
+        assert n * per_row + logits <= CHUNK_MEMORY, f"a chunk of {n} rows is over the budget"
+        self.reads.append(n)
+        return torch.tensor(1 / self.num_classes).expand(self.teachers, n, self.num_classes)
+
+    def units(self, split):
+        return self.train_y
+
+
+def test_the_plugins_chunks_keep_the_memory_budget_with_many_classes():
+    """ImageNet-21k's 21,841 classes and 16 teachers: a row of teacher outputs takes 4.6 MB,
+    so fewer rows than one evaluation batch fit in the budget; the student still runs on
+    whole batches."""
+    batch, classes, teachers = 1024, 21841, 16
+    features = BudgetedTeachers(batch + 100, teachers, classes, batch)
+    plugin = CoSupervisionPlugin(features, denoise="all")
+    model = torch.nn.Linear(2, classes)
+    strategy = SimpleNamespace(model=model, eval_mb_size=batch, train_mb_size=16, device="cpu")
+    experience = SimpleNamespace(
+        samples=None,
+        num_teachers=teachers,
+        teachers=slice(0, teachers),
+        routed=True,
+        owner=torch.arange(classes) % teachers,
+    )
+    calls = []
+    student = plugin._student(strategy)
+    plugin._student = lambda strategy: lambda rows: calls.append(rows) or student(rows)
+    with torch.no_grad():
+        results, _ = plugin._relabel(strategy, experience, "level 1")
+    assert len(results.labels) == batch + 100
+    assert sum(features.reads) == batch + 100 and max(features.reads) < batch
+    assert calls == [slice(0, batch), slice(batch, batch + 100)]  # whole evaluation batches
 
 
 @pytest.mark.parametrize("teachers", [slice(1, 4), [0, 2, 3]], ids=["level", "list"])
@@ -222,5 +338,9 @@ def test_logits_are_read_as_their_softmax():
 def test_chunks_fit_the_memory_budget_and_align_with_evaluation_batches():
     assert chunk_rows(8, 1000, memory=2**20) == 2**20 // (4 * 1000 * 29)
     assert chunk_rows(8, 10**6, memory=1) == 1
+    # Fewer rows than a batch of 1024 fit: the batch's logits (4 * 1024 * 21841 bytes) first.
+    per_row, logits = 4 * 21841 * (3 * 16 + 5), 4 * 1024 * 21841
+    assert chunk_rows(16, 21841, batch_size=1024) == (CHUNK_MEMORY - logits) // per_row == 38
+    assert chunk_rows(8, 1000, memory=2**20, batch_size=8) == 2**20 // (4 * 1000 * 29)
     assert aligned(2500, 1024) == 2048
     assert aligned(100, 1024) == 1024

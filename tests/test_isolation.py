@@ -5,6 +5,7 @@ refuses a column that is not a matrix of soft targets."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -220,9 +221,43 @@ def test_soft_loss_refuses_targets_that_are_not_probabilities(tiny_features):
         soft_student(tiny_features).train(experience_of(tiny_features, logits), eval_streams=[])
 
 
-def test_soft_loss_trains_on_probabilities(tiny_features):
-    probs = tiny_features.teacher_train_probs[0]
-    student = soft_student(tiny_features)
-    before = student.model.weight.detach().clone()
-    student.train(experience_of(tiny_features, probs), eval_streams=[])
-    assert not torch.equal(student.model.weight, before)
+class FirstStep(SupervisedPlugin):
+    """The loss and the gradients of the first training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss, self.grads = None, None
+
+    def after_backward(self, strategy, **kwargs):
+        if self.loss is None:
+            self.loss = strategy.loss.item()
+            self.grads = [p.grad.clone() for p in strategy.model.parameters()]
+
+
+def test_soft_loss_is_the_cross_entropy_with_the_soft_targets():
+    """By hand: logits (log 3, 0) for both samples, so the student says (3/4, 1/4); targets
+    (3/4, 1/4) and (1/10, 9/10). Loss: the mean of -(.75 log .75 + .25 log .25) = 0.5623 and
+    -(.1 log .75 + .9 log .25) = 1.2764. Gradient of the logits: (softmax - target) / 2 =
+    (0, 0) and (.325, -.325); the inputs (1, 0) and (0, 2) give the weights' (0, .65) and
+    (0, -.65). Hard labels (0 and 1) would give (-.125, .5) and (.125, -.5)."""
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([math.log(3), 0.0]))
+    first = FirstStep()
+    student = StudentTemplate(
+        model=model,
+        lr=0.1,
+        epochs=1,
+        batch_size=2,
+        labels="soft",
+        plugins=[first],
+        evaluator=EvaluationPlugin(),
+    )
+    soft = torch.tensor([[0.75, 0.25], [0.1, 0.9]])
+    dataset = labelled_dataset(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1]), soft)
+    student.train(DatasetExperience(dataset=dataset, current_experience=0), eval_streams=[])
+    assert first.loss == pytest.approx((0.5623351 + 1.2764331) / 2, rel=1e-5)
+    weight, bias = first.grads
+    torch.testing.assert_close(weight, torch.tensor([[0.0, 0.65], [0.0, -0.65]]))
+    torch.testing.assert_close(bias, torch.tensor([0.325, -0.325]))

@@ -202,12 +202,6 @@ class SampleResults:
             if whole is not None:
                 whole[start : start + len(rows)] = rows
 
-    @staticmethod
-    def cat(parts: Sequence[SampleResults]) -> SampleResults:
-        """The results of consecutive row ranges, as the results of their union."""
-        columns = zip(*(part._tensors() for part in parts), strict=True)
-        return SampleResults(*(None if c[0] is None else torch.cat(c) for c in columns))
-
     def _tensors(self) -> tuple[torch.Tensor | None, ...]:
         return (self.assignment, self.labels, self.soft, self.losses, self.in_topk)
 

@@ -68,7 +68,8 @@ class InMemoryBatchLoader:
 
     With `world_size` P > 1, `batch_size` is the global batch: this rank yields its share of
     each (`rank_share`, about batch_size / P samples) and sets `share_weight`, the weight of the
-    share's mean loss, before yielding it; `generator` must be seeded alike on every rank.
+    share's mean loss, and `batch_length`, the global batch's size, before yielding it;
+    `generator` must be seeded alike on every rank.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class InMemoryBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.share_weight = 1.0
+        self.batch_length = 0
 
     @property
     def num_samples(self) -> int:
@@ -103,6 +105,7 @@ class InMemoryBatchLoader:
         order = order.to(self.columns.tensors[0].device)
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size]
+            self.batch_length = len(index)
             if self.world_size > 1:
                 index, self.share_weight = rank_share(index, self.rank, self.world_size)
             yield self.columns.batch(index)

@@ -11,7 +11,11 @@ pool's tensors, not a copy; an arrival's inputs are gathered once per pass), so 
 downstream (the loader, replay buffers, EWC's Fisher pass) sees teacher labels only. The
 experience is the strategy's copy (CSLStrategy trains on `experience.logging()` copies), never
 the benchmark's stream. Under torchrun each process runs the E-step on its own block of the
-samples; the per-sample results are gathered and every process selects the same kept set.
+samples (whole evaluation batches of the student, so its logits are one process's bit for bit)
+and receives the other blocks' results in place (`distributed.share_rows`), so every process
+selects the same kept set; the soft targets, [N, C], are shared after the selection and for
+the kept samples only, the only ones the training reads (each rank trains on a share of every
+batch, drawn from all the kept samples).
 
 Ground truth: only the `oracle` rule is given the pool's true classes (or domains); the level's
 diagnostics (LevelStatistics) read them separately, after the labels are fixed.
@@ -30,7 +34,7 @@ from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.streams import labelled_dataset, pool_inputs
 from csl_avalanche.core import cosupervision as cs
 from csl_avalanche.core.errors import ConfigError
-from csl_avalanche.core.estep import Student, aligned, chunk_rows, level_results
+from csl_avalanche.core.estep import Student, chunk_rows, level_results
 from csl_avalanche.core.level_statistics import PASS_FIELDS, LevelStatistics
 from csl_avalanche.models.fit import predict
 
@@ -41,11 +45,12 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
     assignment: a rule of `cosupervision.assign_teachers`, or `ensemble` (the mean of the
     level's teachers). labels: `hard` or `soft`. denoise: `all` or `topK`; an experience the
     student does not route (level 0) is never filtered. scale_epochs: train int(E / keep_rate)
-    epochs so the steps per level stay equal. chunk_size: pool rows per E-step chunk (None: as
-    many as fit `estep.CHUNK_MEMORY`), rounded down to a multiple of the strategy's evaluation
-    batch size. reassign_every: E > 0 repeats the E-step and the selection with the current
-    student every E epochs inside a level (online EM; E scales with the level's epochs under
-    scale_epochs, so E = strategy.epochs never repeats it); None: once per level, the paper.
+    epochs so the steps per level stay equal. chunk_size: pool rows whose teacher outputs an
+    E-step chunk reads at once (None: as many as fit `estep.CHUNK_MEMORY`); the student runs
+    on the same evaluation batches (the strategy's) whatever the chunk size. reassign_every:
+    E > 0 repeats the E-step and the selection with the current student every E epochs inside
+    a level (online EM; E scales with the level's epochs under scale_epochs, so E =
+    strategy.epochs never repeats it); None: once per level, the paper.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         if epoch % self._scaled(self.reassign_every, first.keep_rate):
             return
         start = time.perf_counter()
+        strategy.share_model()  # every rank labels its block with rank 0's student
         results, keep = self._relabel(strategy, experience, f"{experience.label}, epoch {epoch}")
         strategy.replace_training_data(experience.dataset)
         again = self._statistics(experience, results, keep, strategy.train_epochs, start)
@@ -127,9 +133,14 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         """One pass: the E-step, the selection (at least a batch kept, or an error naming
         `label`), and the experience's dataset replaced by the kept, relabelled samples (see the
         module doc). Returns the results and the kept mask."""
-        results = self._results(strategy, experience)
+        blocks = self._blocks(strategy, experience)
+        results = self._results(strategy, experience, blocks)
         keep = cs.select_kept(results)
         self._check_enough(keep, strategy.train_mb_size, label)
+        if results.soft is not None:  # the kept samples' soft targets, from their blocks' ranks
+            distributed.share_rows(
+                results.soft, [keep[b].nonzero().flatten() + b.start for b in blocks]
+            )
         experience.dataset = labelled_dataset(
             pool_inputs(self.features, experience.samples),
             results.labels,
@@ -138,18 +149,24 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         )
         return results, keep
 
-    def _results(self, strategy, experience) -> cs.SampleResults:
-        """The E-step's per-sample results over the experience's samples; under torchrun each
-        process computes its block and all of them get every block, in order."""
+    def _blocks(self, strategy, experience) -> list[slice]:
+        """Every process's block of the experience's samples: whole evaluation batches."""
         samples = experience.samples
         total = len(self.features.train_y) if samples is None else len(samples)
-        chunk_size = self.chunk_size or chunk_rows(
-            experience.num_teachers, self.features.num_classes
-        )
+        size, batch = distributed.world_size(), strategy.eval_mb_size
+        return [distributed.shard_rows(total, r, size, unit=batch) for r in range(size)]
 
-        def block() -> cs.SampleResults:
-            positions = distributed.shard_rows(total, distributed.rank(), distributed.world_size())
-            return level_results(
+    def _results(self, strategy, experience, blocks: list[slice]) -> cs.SampleResults:
+        """The E-step's per-sample results over the experience's samples. This process computes
+        those of its block of `blocks` and receives the other processes' in place, except their
+        soft targets (left unwritten: `_relabel` shares the kept samples' after the selection).
+        """
+        block = blocks[distributed.rank()]
+        chunk_size = self.chunk_size or chunk_rows(
+            experience.num_teachers, self.features.num_classes, batch_size=strategy.eval_mb_size
+        )
+        results = distributed.on_every_rank(
+            lambda: level_results(
                 self.features,
                 experience.teachers,
                 self._student(strategy) if experience.routed else None,
@@ -158,13 +175,18 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
                 criterion=self.denoise,
                 class_to_teacher=experience.owner,
                 targets=self._oracle_units(),
-                samples=samples,
-                positions=range(positions.start, positions.stop),
-                chunk_size=aligned(chunk_size, strategy.eval_mb_size),
+                samples=experience.samples,
+                positions=range(block.start, block.stop),
+                chunk_size=chunk_size,
+                batch_size=strategy.eval_mb_size,
+                whole=True,
                 device=strategy.device,
             )
-
-        return cs.SampleResults.cat(distributed.all_ranks(block))
+        )
+        for column in (results.assignment, results.labels, results.losses, results.in_topk):
+            if column is not None:
+                distributed.share_rows(column, [torch.arange(b.start, b.stop) for b in blocks])
+        return results
 
     def _student(self, strategy) -> Student:
         """The previous student's logits on some rows of the pool, in evaluation batches."""
