@@ -3,7 +3,9 @@
 The settings are checked against their schema (`experiments.schema`) before the experiment
 module, and with it Avalanche, is imported, so a wrong value costs about two seconds; the run
 folder is checked (by `experiments.checks.OutputDirCheck`, a Hydra callback) before Hydra
-creates it. `--help` lists the config groups and every setting with its description.
+creates it. `--help` lists the config groups and every setting with its description. What it
+prints never fails on a terminal that cannot show a path's characters: they are written as
+backslash escapes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from csl_avalanche.core.errors import ConfigError, refuse
+from csl_avalanche.experiments.checks import check_avalanche_home, stop
 from csl_avalanche.experiments.schema import described, read_settings
 
 # avalanche-lib imports qpsolvers, which warns about solvers that only GEM-style plugins use.
@@ -138,6 +141,9 @@ def _value(value: object) -> str:
 
 def main() -> dict | None:
     """The command line: `--help` prints `settings_help`; anything else runs Hydra's job."""
+    for stream in (sys.stdout, sys.stderr):  # a run folder named runs/é on an ASCII terminal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = sys.argv[1:]
     if "--help" in args or "-h" in args:
         try:
@@ -153,11 +159,12 @@ def run_job(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         read_settings(cfg)
+        check_avalanche_home()
         from csl_avalanche.experiments.runner import run_experiment  # Avalanche: seconds to import
 
         results = run_experiment(cfg, run_dir)
     except ConfigError as err:  # its message says what to fix: no traceback
-        refuse(err)
+        stop(err)
     from csl_avalanche.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 reports for all (the same results)

@@ -521,3 +521,30 @@ def test_assignment_by_class_on_domain_subdomains_is_refused_before_the_ceiling(
     )
     assert_clean_error(outcome, "strategy.assignment=class_partition", "input domains", "kl")
     assert "ceiling: training" not in outcome.out + outcome.err
+
+
+@pytest.mark.parametrize("home", ["read-only", "under-a-file"])
+def test_a_home_where_avalanche_cannot_write_its_settings_is_refused(tmp_path, home):
+    """Avalanche's import creates ~/.avalanche/config.json, whatever the run's settings."""
+    if home == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes in a read-only folder: the folder under a file stands in")
+        (tmp_path / "home").mkdir(mode=0o555)
+        home_dir = tmp_path / "home"
+    else:
+        (tmp_path / "file").write_text("not a folder")
+        home_dir = tmp_path / "file" / "home"
+    cmd = [sys.executable, "-m", "csl_avalanche.run", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(
+        [*cmd, f"cache_dir={tmp_path / 'cache'}", "progress=false"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "HOME": str(home_dir), "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: Avalanche keeps its settings in {home_dir}/.avalanche/")
+    assert "set HOME to a writable folder" in line

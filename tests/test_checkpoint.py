@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 import torch
 from continual_helpers import SMALL_PLUGINS, make_csl
 
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.training.checkpoint import (
     load_strategy_state,
     log_sizes,
@@ -63,10 +67,49 @@ def test_logs_are_rewound_to_the_checkpoint(tmp_path):
     folder = tmp_path / "tb"
     folder.mkdir()
     (folder / "events.1").write_bytes(b"level0")
-    sizes = log_sizes([folder])
+    sizes = log_sizes(tmp_path, [folder])
     with open(folder / "events.1", "ab") as file:
         file.write(b"+partial level1")
     (folder / "events.2").write_bytes(b"written after the checkpoint")
-    rewind_logs(sizes, [folder])
+    rewind_logs(sizes, tmp_path, [folder])
     assert sorted(p.name for p in folder.iterdir()) == ["events.1"]
     assert (folder / "events.1").read_bytes() == b"level0"
+
+
+def test_log_sizes_are_relative_to_the_run_folder_so_a_moved_folder_keeps_its_logs(tmp_path):
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    (old / "tb" / "csl").mkdir(parents=True)
+    (old / "tb" / "csl" / "events.1").write_bytes(b"level0")
+    sizes = log_sizes(old, [old / "tb" / "csl"])
+    assert sizes == {"tb/csl/events.1": 6}
+    new.parent.mkdir()
+    old.rename(new)
+    rewind_logs(sizes, new, [new / "tb" / "csl"])
+    assert (new / "tb" / "csl" / "events.1").read_bytes() == b"level0"
+
+
+@pytest.mark.parametrize(
+    ("code", "phrases"),
+    [
+        (errno.ENOSPC, ["No space left on device", "free space on the disk of"]),
+        (errno.EACCES, ["no permission to write in", "Permission denied", "make it writable"]),
+        (errno.EROFS, ["no permission to write in", "Read-only file system"]),
+    ],
+)
+def test_a_checkpoint_that_cannot_be_written_says_why(tmp_path, monkeypatch, code, phrases):
+    import csl_avalanche.training.checkpoint as checkpoint
+
+    def failing(path, write):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(checkpoint, "write_atomically", failing)
+    path = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(ConfigError) as refused:
+        write_checkpoint({"levels": []}, path)
+    message = str(refused.value)
+    assert message.startswith(f"cannot write the checkpoint {path}: ")
+    assert str(path.parent) in message and "run the same command again" in message
+    for phrase in phrases:
+        assert phrase in message
+    if code != errno.ENOSPC:
+        assert "space" not in message  # a permission problem is not blamed on the disk

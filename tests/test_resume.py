@@ -3,18 +3,33 @@ same results.json as an uninterrupted run (timings aside)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gc
 import json
+import os
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 import torch
 from avalanche.logging import TensorboardLogger
-from conftest import CLI_ENV, assert_clean_error, cli, cli_command, crash_on_call, run_cli
+from conftest import (
+    CLI_ENV,
+    assert_clean_error,
+    cli,
+    cli_command,
+    crash_on_call,
+    make_feature_set,
+    run_cli,
+)
 
 import csl_avalanche.experiments.levels as levels
+import csl_avalanche.experiments.runner as runner
+from csl_avalanche.benchmarks.features import save_features
+from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.inert_settings import without_inert_settings
 from csl_avalanche.experiments.resume import CHECKPOINT, config_differences
 
@@ -147,3 +162,279 @@ def test_config_differences_name_every_changed_key():
         "strategy.lr: 0.01 -> 0.02",
     ]
     assert config_differences(saved, saved) == []
+
+
+# -- one run per folder, the same inputs, a folder that never loses results ------------------
+
+QUICK = ("benchmark=features", "strategy.epochs=2", "strategy.batch_size=32", "strategy.lr=0.05")
+
+
+@pytest.fixture
+def features_run(tmp_path) -> tuple[str, ...]:
+    """The overrides of a quick run (two levels) on a tiny features file."""
+    path = tmp_path / "features.pt"
+    save_features(make_feature_set(), path)
+    return (*QUICK, f"data.path={path}")
+
+
+def crash_at_level_1(monkeypatch, run_dir, overrides) -> None:
+    """A run killed once level 1 is trained, before its checkpoint (ceiling and level 0 saved);
+    the crashed run's TensorBoard writers are closed, as a killed process's files are."""
+    crash_on_call(monkeypatch, levels, "subdomain_accuracy", 2)
+    crashed = cli(run_dir, *overrides)
+    assert crashed.code != 0 and "simulated crash" in crashed.err
+    assert [lvl["level"] for lvl in torch.load(run_dir / CHECKPOINT)["levels"]] == [0]
+    for logger in [obj for obj in gc.get_objects() if isinstance(obj, TensorboardLogger)]:
+        logger.writer.close()
+    monkeypatch.undo()
+
+
+def edit_checkpoint(run_dir, edit) -> None:
+    state = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    edit(state)
+    torch.save(state, run_dir / CHECKPOINT)
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_holds_it(
+    tmp_path, features_run
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "a+") as held:  # what a running run holds: an OS lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"{os.getpid()}@{socket.gethostname()}\n")
+        held.flush()
+        refused = cli(run_dir, *features_run)
+        assert_clean_error(
+            refused,
+            f"{run_dir} is in use by another run",
+            f"process {os.getpid()} on {socket.gethostname()}",
+            "hydra.run.dir",
+        )
+        assert not (run_dir / "tb").exists() and not (run_dir / CHECKPOINT).exists()
+        assert not (run_dir / ".hydra").exists()  # refused before Hydra writes its own files
+    # Released (as when its process ends, killed or not): the folder is free again.
+    done = cli(run_dir, *features_run)
+    assert done.code == 0, done.err
+    again = cli(run_dir, *features_run)  # a finished run releases the folder too
+    assert again.code == 0, again.err
+
+
+def test_a_changed_features_file_is_refused_on_resume(tmp_path, monkeypatch, features_run):
+    run_dir = tmp_path / "run"
+    crash_at_level_1(monkeypatch, run_dir, features_run)
+    save_features(make_feature_set(seed=1), tmp_path / "features.pt")  # other inputs
+    refused = cli(run_dir, *features_run)
+    assert_clean_error(refused, str(run_dir), "other inputs", "features file", "resume=false")
+    assert "level 1: training" not in refused.out + refused.err
+    over = cli(run_dir, *features_run, "resume=false")
+    assert over.code == 0, over.err
+
+
+def test_a_finished_run_writes_its_results_json_again_where_it_is_missing_or_damaged(
+    tmp_path, features_run
+):
+    run_dir = tmp_path / "run"
+    assert cli(run_dir, *features_run).code == 0
+    results = run_dir / "results.json"
+    expected = read_results(run_dir)
+    text = results.read_text()
+    for damage in (results.unlink, lambda: results.write_text(text[: len(text) // 2])):
+        damage()
+        rerun = cli(run_dir, *features_run)
+        assert rerun.code == 0, rerun.err
+        assert "is finished: nothing to do" in rerun.out + rerun.err
+        assert "level 0: training" not in rerun.out + rerun.err
+        assert f"{expected['ceiling_accuracy']:.4f}" in rerun.out  # the table, printed again
+        assert read_results(run_dir) == expected
+    results.write_text(json.dumps({**expected, "weak_accuracy": 0.0}))  # other numbers
+    assert cli(run_dir, *features_run).code == 0
+    assert read_results(run_dir) == expected
+    before = results.stat()
+    assert cli(run_dir, *features_run).code == 0
+    after = results.stat()  # an intact file is never written again
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_killed_run_whose_folder_was_moved_resumes_there_with_all_its_logs(
+    tmp_path, monkeypatch, features_run
+):
+    assert cli(tmp_path / "whole", *features_run).code == 0
+    crash_at_level_1(monkeypatch, tmp_path / "run", features_run)
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    (tmp_path / "run").rename(moved)
+    resumed = cli(moved, *features_run, cache_dir=tmp_path / "cache")  # the same settings
+    assert resumed.code == 0, resumed.err
+    assert without_timings(read_results(moved)) == without_timings(read_results(tmp_path / "whole"))
+    # The finished units' logs were kept, the killed unit's points cut: one point per level.
+    for tag in ("Top1_Acc_Stream/eval_phase/test_stream", "CSL/keep_rate/train_stream"):
+        steps = sorted(tensorboard_steps(moved, tag))
+        assert steps == sorted(tensorboard_steps(tmp_path / "whole", tag)) and len(steps) == 2
+    assert list((moved / "tb" / "ceiling").glob("events.out.tfevents.*"))
+
+
+def _run_with_two_processes(state: dict) -> None:
+    """What a checkpoint of the same run started under torchrun with 2 processes holds."""
+    for unit in [state["ceiling"], *state["levels"]]:
+        unit["world_size"] = 2
+
+
+def test_another_process_count_is_refused_where_the_results_depend_on_it(
+    tmp_path, monkeypatch, features_run
+):
+    run_dir = tmp_path / "run"
+    crash_at_level_1(monkeypatch, run_dir, features_run)
+    edit_checkpoint(run_dir, _run_with_two_processes)
+    monkeypatch.setattr(  # as a fine-tuned student would make it (an image benchmark: slow)
+        runner, "layout_dependence", lambda settings: {"world_size": "student.finetune"}
+    )
+    refused = cli(run_dir, *features_run)
+    assert_clean_error(
+        refused,
+        "the ceiling ran with 2 process(es), this run has 1",
+        "student.finetune",
+        "torchrun --nproc_per_node=2",
+        "resume=false",
+    )
+
+
+def test_another_process_count_is_accepted_and_recorded_per_level_elsewhere(
+    tmp_path, monkeypatch, features_run
+):
+    run_dir = tmp_path / "run"
+    crash_at_level_1(monkeypatch, run_dir, features_run)
+    edit_checkpoint(run_dir, _run_with_two_processes)
+    resumed = cli(run_dir, *features_run)
+    assert resumed.code == 0, resumed.err
+    results = read_results(run_dir)
+    assert [lvl["world_size"] for lvl in results["levels"]] == [2, 1]
+    assert [lvl["device"] for lvl in results["levels"]] == ["cpu", "cpu"]
+    assert (results["world_size"], results["device"]) == (2, "cpu")  # the ceiling's
+
+
+def test_a_class_incremental_run_records_the_process_count_per_arrival(tmp_path, features_run):
+    run_dir = tmp_path / "run"
+    outcome = cli(run_dir, *features_run, "scenario=class_incremental", "strategy.denoise=all")
+    assert outcome.code == 0, outcome.err
+    results = read_results(run_dir)
+    assert (results["world_size"], results["device"]) == (1, "cpu")
+    assert [(a["world_size"], a["device"]) for a in results["arrivals"]] == [(1, "cpu")] * 2
+
+
+def test_the_results_depend_on_the_layout_with_a_fine_tuned_student_only():
+    from results_checks import compose_config
+
+    from csl_avalanche.experiments.checks import layout_dependence
+    from csl_avalanche.experiments.schema import read_settings
+
+    def dependence(*overrides):
+        return layout_dependence(read_settings(compose_config(*overrides)))
+
+    assert dependence() == {}
+    assert dependence("strategy.loss=logconf") == {}  # every rank hardens the whole batch
+    finetune = "student.finetune=true"
+    image = ("benchmark=imagefolder", "data.root=/x", finetune)
+    assert dependence(*image) == {"world_size": finetune, "device": finetune}
+
+
+def test_a_device_change_is_refused_where_the_results_depend_on_it(tmp_path):
+    from csl_avalanche.experiments.resume import RunProgress
+
+    progress = RunProgress(tmp_path, {})
+    progress.state["ceiling"] = {"accuracy": 0.5, "steps": 3, "world_size": 1, "device": "cuda"}
+    progress.check_layout(1, "cpu", {})  # a linear probe: accepted
+    with pytest.raises(ConfigError) as refused:
+        progress.check_layout(1, "cpu", {"device": "student.finetune=true"})
+    assert str(refused.value) == (
+        f"{tmp_path}: the ceiling ran on cuda, this run on cpu; with student.finetune=true the "
+        "results depend on the device: resume with device=cuda, or add resume=false to start "
+        "over"
+    )
+
+
+def _empty(state: dict) -> None:
+    state.clear()
+
+
+def _older(state: dict) -> None:
+    """What an older version wrote: no format nor inputs."""
+    state.pop("format", None)
+    state.pop("inputs", None)
+
+
+@pytest.mark.parametrize(
+    ("edit", "missing"),
+    [(_empty, "format, config, inputs, ceiling, levels"), (_older, "format, inputs")],
+)
+def test_a_checkpoint_missing_a_key_is_refused_naming_the_file_and_the_keys(
+    tmp_path, monkeypatch, features_run, edit, missing
+):
+    run_dir = tmp_path / "run"
+    crash_at_level_1(monkeypatch, run_dir, features_run)
+    edit_checkpoint(run_dir, edit)
+    refused = cli(run_dir, *features_run)
+    lacks = f"checkpoint {run_dir / CHECKPOINT} lacks {missing}"
+    assert_clean_error(refused, lacks, "resume=false")
+
+
+def test_a_disk_that_fills_up_while_the_checkpoint_is_written_loses_nothing(
+    tmp_path, monkeypatch, features_run
+):
+    import csl_avalanche.training.checkpoint as checkpoint
+
+    assert cli(tmp_path / "whole", *features_run).code == 0
+    original, calls = checkpoint.write_atomically, []
+
+    def filling_up(path, write):
+        calls.append(path)
+        if len(calls) < 3:  # the ceiling's and level 0's checkpoints
+            return original(path, write)
+
+        def part_then_full(file):
+            file.write(b"PK\x03\x04 the first bytes of level 1's checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        return original(path, part_then_full)
+
+    monkeypatch.setattr(checkpoint, "write_atomically", filling_up)
+    run_dir = tmp_path / "run"
+    full = cli(run_dir, *features_run)
+    assert_clean_error(
+        full,
+        f"cannot write the checkpoint {run_dir / CHECKPOINT}",
+        "No space left on device",
+        "free space",
+        "run the same command again",
+    )
+    monkeypatch.undo()
+    # The previous checkpoint is intact, and no temporary file is left behind.
+    assert [lvl["level"] for lvl in torch.load(run_dir / CHECKPOINT)["levels"]] == [0]
+    assert sorted(p.name for p in run_dir.iterdir() if "tmp" in p.name) == []
+    resumed = cli(run_dir, *features_run)
+    assert resumed.code == 0, resumed.err
+    assert "level 0: training" not in resumed.out + resumed.err
+    assert without_timings(read_results(run_dir)) == without_timings(
+        read_results(tmp_path / "whole")
+    )
+
+
+def test_a_disk_that_fills_up_while_the_logs_are_flushed_gives_a_clean_error(
+    tmp_path, monkeypatch, features_run
+):
+    import csl_avalanche.experiments.resume as resume
+
+    # Each checkpoint flushes the two loggers (TensorBoard, text) first; the fifth is level 1's.
+    original, calls = resume._flush, []
+
+    def filling_up(logger):
+        calls.append(logger)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(logger)
+
+    monkeypatch.setattr(resume, "_flush", filling_up)
+    run_dir = tmp_path / "run"
+    full = cli(run_dir, *features_run)
+    assert_clean_error(full, f"cannot write the logs in {run_dir / 'tb'}", "free space")
+    assert [lvl["level"] for lvl in torch.load(run_dir / CHECKPOINT)["levels"]] == [0]

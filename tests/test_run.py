@@ -3,11 +3,12 @@ whose weak, ceiling and student accuracies are known in advance; when PGR means 
 
 import dataclasses
 import json
+import subprocess
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import cli, make_feature_set, run_cli
+from conftest import CLI_ENV, cli, cli_command, make_feature_set, run_cli
 
 from csl_avalanche.benchmarks.features import save_features
 from csl_avalanche.benchmarks.pipeline import split_tensors
@@ -218,3 +219,23 @@ def test_divergence_plugin_remembers_a_bad_loss_until_the_epoch_ends_and_checks_
         model.bias[1] = float("nan")
     with pytest.raises(ConfigError, match=r"csl level 2: the student's weights \['bias'\] are NaN"):
         plugin.after_training_exp(strategy)
+
+
+def test_a_run_folder_the_terminal_cannot_print_does_not_stop_the_run(tmp_path):
+    """A non-ASCII run folder on an ASCII terminal: its path is printed with escapes. (Hydra's
+    override grammar takes a non-ASCII value only in quotes.)"""
+    path = tmp_path / "features.pt"
+    save_features(make_feature_set(), path)
+    run_dir = tmp_path / "runs" / "é"
+    overrides = ("benchmark=features", f"data.path={path}", "strategy.epochs=1")
+    cmd = [
+        *cli_command(tmp_path, *overrides, cache_dir=tmp_path / "cache"),
+        "strategy.batch_size=32",
+        f"hydra.run.dir='{run_dir}'",  # after cli_command's own: the last one counts
+    ]
+    env = {**CLI_ENV, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
+    assert f"results: {tmp_path}/runs/\\xe9/results.json" in proc.stdout
+    assert json.loads((run_dir / "results.json").read_text())["levels"]

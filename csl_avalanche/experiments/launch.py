@@ -11,33 +11,29 @@ loads only under torchrun).
 
 from __future__ import annotations
 
-import os
 import traceback
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from csl_avalanche.core.errors import ConfigError, refuse
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.experiments.checks import check_avalanche_home, launched_by_torchrun, stop
 from csl_avalanche.experiments.schema import read_settings
-
-
-def launched_by_torchrun() -> bool:
-    """torchrun (and Avalanche's helper) mark each process with LOCAL_RANK."""
-    return "LOCAL_RANK" in os.environ
 
 
 class TorchrunLaunch(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not launched_by_torchrun():
             return
-        from csl_avalanche import distributed
-
         try:
             settings = read_settings(config)  # the device and seed below must be valid
+            check_avalanche_home()
+            from csl_avalanche import distributed  # Avalanche
+
             distributed.join(settings.device, settings.seed)
         except ConfigError as err:
-            refuse(err)
+            stop(err)
         except Exception:  # Hydra would turn it into a warning, and P runs would start alone
             traceback.print_exc()
             raise SystemExit(1) from None
@@ -50,7 +46,7 @@ class TorchrunLaunch(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if launched_by_torchrun():
-            refuse(
+            stop(
                 ConfigError(
                     "a sweep (-m) cannot run under torchrun; start one torchrun per configuration"
                 )

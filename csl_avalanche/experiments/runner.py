@@ -23,11 +23,16 @@ from csl_avalanche import distributed
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.registry import SourceContext, build_features
 from csl_avalanche.benchmarks.streams import CSLBenchmark, make_csl_benchmark
-from csl_avalanche.core.errors import ConfigError, reason
-from csl_avalanche.experiments.checks import RESULTS, check_against_data, check_output_dir
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.experiments.checks import (
+    RESULTS,
+    check_against_data,
+    check_output_dir,
+    layout_dependence,
+)
 from csl_avalanche.experiments.class_incremental import ClassIncrementalScenario
 from csl_avalanche.experiments.levels import LevelsScenario
-from csl_avalanche.experiments.resume import RunProgress
+from csl_avalanche.experiments.resume import RunProgress, inputs_identity
 from csl_avalanche.experiments.scenario import Reference, RunContext, Scenario
 from csl_avalanche.experiments.schema import RunSettings, read_settings
 from csl_avalanche.experiments.strategy_setup import (
@@ -38,7 +43,7 @@ from csl_avalanche.experiments.strategy_setup import (
     student_model,
     training_kwargs,
 )
-from csl_avalanche.storage.atomic import write_atomically
+from csl_avalanche.storage.atomic import unwritable_because, write_atomically
 from csl_avalanche.storage.shared_cache import SharedTensorCache
 from csl_avalanche.strategies import GroundTruthCeiling
 
@@ -66,21 +71,30 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
 
     Every setting and the run folder are checked first (`experiments.schema`), those that depend
     on the data as soon as the features are built (`experiments.checks`): a user error stops it
-    before training. After the ceiling and after each unit of the scenario the run folder holds
-    a checkpoint; a rerun in the same folder continues after the last completed unit
-    (`experiments.resume`).
+    before training. The run folder belongs to this run until it ends. After the ceiling and
+    after each unit of the scenario it holds a checkpoint; a rerun in the same folder continues
+    after the last completed unit (`experiments.resume`), or, when the run is finished, only
+    writes results.json again if it is missing or damaged.
     """
     settings = read_settings(cfg)
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     distributed.check_world(list(settings.plugins))
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = RunProgress.open(config, run_dir, resume=settings.resume)
-    if progress.finished:
-        log.info("the run in %s is finished: nothing to do", run_dir)
-        return progress.state["results"]
+    with RunProgress.open(config, run_dir, resume=settings.resume) as progress:
+        if progress.finished:
+            results = progress.state["results"]
+            distributed.main_only(lambda: restore_results(run_dir / RESULTS, results))
+            log.info("the run in %s is finished: nothing to do", run_dir)
+            return results
+        return _continue(settings, config, run_dir, progress)
+
+
+def _continue(settings: RunSettings, config: dict, run_dir: Path, progress: RunProgress) -> dict:
+    """Train what `progress` has not completed, then write results.json."""
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
+    progress.check_layout(distributed.world_size(), str(device), layout_dependence(settings))
 
     context = SourceContext(
         cache=SharedTensorCache(settings.cache_dir),
@@ -96,6 +110,7 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
         num_levels=features.hierarchy.num_levels,
         by_domain=features.by_domain,
     )
+    distributed.main_only(lambda: progress.check_inputs(inputs_identity(features)))
     benchmark = make_csl_benchmark(features)
     scenario = SCENARIOS[settings.scenario.name](settings, features)  # checked against the data
     weak = teacher_test_accuracy(benchmark, teacher=0)
@@ -116,8 +131,10 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
         "ceiling_accuracy": reference.ceiling,
         **scenario_results,
         "seed": settings.seed,
-        "device": str(device),
-        "world_size": distributed.world_size(),
+        # The ceiling's; each level (arrival) records its own, which differ only in a run
+        # resumed with another process count or device.
+        "device": progress.ceiling["device"],
+        "world_size": progress.ceiling["world_size"],
         "config": config,
     }
     distributed.main_only(lambda: write_results(run_dir / RESULTS, results))
@@ -139,9 +156,21 @@ def write_results(path: Path, results: dict) -> None:
         write_atomically(path, lambda file: file.write(text))
     except OSError as err:
         raise ConfigError(
-            f"cannot write {path} ({reason(err)}); the results are kept in the run's "
-            "checkpoint: free space and run the same command again to write the file"
+            f"cannot write {path}: {unwritable_because(err, path)}, then run the same command "
+            "again to write the file (the results are kept in the run's checkpoint)"
         ) from None
+
+
+def restore_results(path: Path, results: dict) -> None:
+    """Write results.json again from a finished run's checkpoint where it is missing, does not
+    parse, or holds other results; leave an intact one untouched."""
+    try:
+        intact = json.loads(path.read_text()) == json.loads(json.dumps(results))
+    except (OSError, ValueError):  # missing, unreadable, cut off
+        intact = False
+    if not intact:
+        log.info("%s was missing or damaged: written again from the checkpoint", path)
+        write_results(path, results)
 
 
 def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int, chunk_size: int = 65536) -> float:

@@ -7,11 +7,13 @@ killed while writing. A folder shared between machines (NFS) keeps the temporary
 other machines' writers: a process id says nothing about another machine, and removing a live
 writer's file would break its write.
 `save_in_place` writes a torch.save file whose large tensors are filled through a memory map,
-part by part, so that no such tensor is ever whole in memory.
+part by part, so that no such tensor is ever whole in memory. `unwritable_because` says why a
+write failed in the words of its fix: a full disk, or a folder this process may not write in.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import mmap
@@ -26,6 +28,8 @@ from typing import Any, BinaryIO
 
 import torch
 import torch.utils.serialization
+
+from csl_avalanche.core.errors import reason
 
 log = logging.getLogger(__name__)
 # `.tmp<pid>@<host>`; a name without `@<host>` is an older version's, written on this machine.
@@ -45,6 +49,22 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def unwritable_because(err: BaseException, path: Path) -> str:
+    """Why writing `path` failed, with what to do about it, for a one-line error: its disk is
+    full (free space), the process may not write in its folder (permission), or the OS's own
+    reason."""
+    code = getattr(err, "errno", None)
+    if code in FULL_DISK:
+        return f"{reason(err)}: free space on the disk of {path.parent}"
+    if code in NOT_ALLOWED:
+        return f"no permission to write in {path.parent} ({reason(err)}): make it writable"
+    return f"{reason(err)}: check that the disk of {path.parent} has space and can be written"
 
 
 @dataclass(frozen=True)

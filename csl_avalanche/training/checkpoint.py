@@ -29,8 +29,8 @@ from avalanche.training.storage_policy import ExperienceBalancedBuffer, Reservoi
 from avalanche.training.utils import ParamData
 
 from csl_avalanche.benchmarks.streams import labelled_dataset
-from csl_avalanche.core.errors import ConfigError, reason
-from csl_avalanche.storage.atomic import write_atomically
+from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.storage.atomic import unwritable_because, write_atomically
 from csl_avalanche.training.loader import materialize
 
 CLOCK_FIELDS = (
@@ -44,11 +44,14 @@ CLOCK_FIELDS = (
 
 
 def write_checkpoint(state: dict, path: Path) -> None:
+    """`state` to `path`, atomically: if the write fails (a full disk), the previous checkpoint
+    stays as it was, and rerunning the same command continues after it."""
     try:
         write_atomically(path, lambda file: torch.save(state, file))
     except (OSError, RuntimeError) as err:  # torch.save reports write errors as either
         raise ConfigError(
-            f"cannot write the checkpoint {path} ({reason(err)}); free space on its disk"
+            f"cannot write the checkpoint {path}: {unwritable_because(err, path)}, then run the "
+            "same command again (it continues after the last saved unit)"
         ) from None
 
 
@@ -222,10 +225,11 @@ def _stateful(strategy: Any) -> list:
 # -- log files -----------------------------------------------------------------------------
 
 
-def log_sizes(folders: Iterable[Path]) -> dict[str, int]:
-    """The size of every file in `folders` (TensorBoard event files, text logs), by path."""
+def log_sizes(root: Path, folders: Iterable[Path]) -> dict[str, int]:
+    """The size of every file in `folders` (TensorBoard event files, text logs), by its path
+    relative to `root` (the run folder), so that a run folder moved elsewhere still finds them."""
     return {
-        str(path): path.stat().st_size
+        _relative(path, root): path.stat().st_size
         for folder in folders
         if folder.is_dir()
         for path in sorted(folder.iterdir())
@@ -233,18 +237,22 @@ def log_sizes(folders: Iterable[Path]) -> dict[str, int]:
     }
 
 
-def rewind_logs(sizes: dict[str, int], folders: Iterable[Path]) -> None:
+def rewind_logs(sizes: dict[str, int], root: Path, folders: Iterable[Path]) -> None:
     """Cut the logs back to the checkpoint: files are truncated to their recorded sizes and
     files written after it are removed, so a resumed run's TensorBoard series continue
-    without the killed unit's duplicate points."""
+    without the killed unit's duplicate points. `sizes` are `log_sizes(root, ...)`."""
     for folder in folders:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
             if not path.is_file():
                 continue
-            size = sizes.get(str(path))
+            size = sizes.get(_relative(path, root))
             if size is None:
                 path.unlink()
             elif path.stat().st_size > size:
                 os.truncate(path, size)
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
