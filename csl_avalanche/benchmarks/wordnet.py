@@ -106,13 +106,13 @@ def parse_line(line: str) -> Synset:
     if count < 1 or len(words) != count or at >= len(fields):
         raise ValueError(f"w_cnt {fields[3]} does not match the words that follow")
     pointers = int(fields[at])
+    if len(fields) < at + 1 + 4 * pointers:
+        raise ValueError(f"p_cnt {pointers} is more pointers than the line holds")
     hypernyms = []
     for index in range(pointers):
         symbol, target, target_pos = fields[at + 1 + 4 * index : at + 4 + 4 * index]
         if symbol in HYPERNYMS and target_pos == "n":
             hypernyms.append(int(target))
-    if len(fields) < at + 1 + 4 * pointers:
-        raise ValueError(f"p_cnt {pointers} is more pointers than the line holds")
     return Synset(offset, pos, LEXNAMES[filenum], words, gloss.strip(), tuple(hypernyms))
 
 

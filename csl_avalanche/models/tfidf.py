@@ -2,25 +2,37 @@
 
 A TF-IDF vector has one entry per word n-gram of the vocabulary, tens of thousands, nearly all
 zero: dense, a pool of texts would not fit in memory. `SparseRows` keeps them as a scipy CSR
-matrix that indexes like a tensor of samples, and turns a batch into a torch sparse tensor only
-when it moves to the model's device; `SparseLinear` multiplies it. So the teachers' plain
-training and prediction loops (`models.fit`), written for dense tensors, run unchanged.
+matrix that indexes like a tensor of samples, and turns a batch into tensors only when it moves
+to the model's device; `SparseLinear` reads them. So the teachers' plain training and
+prediction loops (`models.fit`), written for dense tensors, run unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from csl_avalanche.core.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class SparseBatch:
+    """Sparse rows as an EmbeddingBag reads them: every row's column indices and values, one
+    row after another, and the position where each row starts."""
+
+    columns: torch.Tensor
+    values: torch.Tensor
+    offsets: torch.Tensor
+
+
 class SparseRows:
     """Rows of a sparse matrix [N, V]: `rows[i]`, `rows[a:b]` and `rows[index_tensor]` select
-    rows (still sparse); `.to(device)` makes them a torch sparse COO tensor."""
+    rows (still sparse); `.to(device)` makes them a SparseBatch of tensors there."""
 
     def __init__(self, matrix):
         self.matrix = matrix.tocsr()
@@ -39,24 +51,31 @@ class SparseRows:
             rows = [rows]
         return SparseRows(self.matrix[rows])
 
-    def to(self, device: torch.device | str) -> torch.Tensor:
-        m = self.matrix.tocoo()
-        return torch.sparse_coo_tensor(
-            torch.from_numpy(np.vstack([m.row, m.col]).astype(np.int64)),
-            torch.from_numpy(m.data.astype(np.float32)),
-            m.shape,
-            device=device,
-            check_invariants=False,  # scipy built them valid
+    def to(self, device: torch.device | str) -> SparseBatch:
+        m = self.matrix
+        return SparseBatch(
+            columns=torch.from_numpy(m.indices.astype(np.int64)).to(device),
+            values=torch.from_numpy(m.data.astype(np.float32)).to(device),
+            offsets=torch.from_numpy(m.indptr[:-1].astype(np.int64)).to(device),
         )
 
 
-class SparseLinear(nn.Linear):
-    """nn.Linear that also reads sparse inputs [B, V] (one sparse-dense product)."""
+class SparseLinear(nn.Module):
+    """A linear layer on sparse rows, logits = x @ weight + bias, with `weight` [V, C]
+    initialised as nn.Linear's. It sums each row's weighted rows of `weight` (one EmbeddingBag):
+    on a busy CPU, torch's sparse matrix product is tens of times slower to differentiate."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.layout == torch.strided:
-            return super().forward(x)
-        return torch.sparse.mm(x, self.weight.t()) + self.bias
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        bound = in_features**-0.5
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+
+    def forward(self, rows: SparseBatch) -> torch.Tensor:
+        summed = F.embedding_bag(
+            rows.columns, self.weight, rows.offsets, mode="sum", per_sample_weights=rows.values
+        )
+        return summed + self.bias
 
 
 def tfidf_features(
