@@ -17,6 +17,7 @@ from csl_avalanche.benchmarks.texts import capped, labelled_texts
 from csl_avalanche.benchmarks.wordnet import (
     WordNetError,
     find_wordnet,
+    noun_tops,
     parse_line,
     read_synsets,
     supersense_groups,
@@ -114,14 +115,18 @@ def write_wordnet(folder: Path, nouns: list[str], verbs: list[str]) -> Path:
 def test_nouns_are_concrete_or_abstract_by_the_top_most_of_them_reach(tmp_path):
     nouns = [
         *TOPS,
-        fake(10, 5, "canine", (2,)),  # noun.animal, physical
+        fake(10, 5, "canine", (2,)),  # noun.animal: three physical ...
         fake(11, 5, "dog", (10,)),
-        fake(12, 5, "rex", (11,)).replace(" @ ", " @i "),  # reached through `@i`
-        fake(13, 5, "genus_canis", (3,)),  # one abstract animal: outvoted
+        fake(12, 5, "rex", (11,)).replace(" @ ", " @i "),  # (reached through `@i`)
+        fake(13, 5, "genus_canis", (3,)),  # ... against two abstract
+        fake(14, 5, "genus_felis", (3,)),
         fake(20, 4, "flight", (3,)),  # noun.act, abstract
-        fake(21, 4, "odd_act", (2, 3)),  # under both tops: no vote
+        fake(21, 4, "odd_act", (2, 3)),  # under both tops
+        fake(22, 4, "odd_deed", (21,)),
     ]
     synsets = read_synsets(write_wordnet(tmp_path, nouns, [fake(30, 38, "walk", pos="v")]))
+    assert noun_tops(synsets)[22] == {"concrete", "abstract"}
+    assert noun_tops(synsets)[1] == set()  # entity is above both
     assert supersense_groups(synsets) == {
         "noun.animal": "concrete",
         "noun.act": "abstract",

@@ -46,6 +46,8 @@ from csl_avalanche.storage.shared_cache import Sharded
 
 log = logging.getLogger(__name__)
 PARTS = ("teachers", "pool", "test")
+# What the teachers are, part of their cache keys (with their settings, data and seed).
+TEACHER_MODEL = {"features": "tfidf, sublinear tf, unit rows", "model": "SparseLinear [V, C]"}
 
 
 def build_text_feature_set(
@@ -73,7 +75,7 @@ def build_text_feature_set(
         return SparseLinear(vocabulary, num_classes)
 
     labels = parts["teachers"].labels
-    identity = (parts["teachers"].identity(), asdict(teacher))
+    identity = (parts["teachers"].identity(), TEACHER_MODEL, asdict(teacher))
     budget = {"steps": teacher.steps, "batch_size": teacher.batch_size, "lr": teacher.lr}
     hierarchy = confusion_probe.resolve(
         hierarchy,

@@ -174,7 +174,8 @@ def noun_tops(synsets: Iterable[Synset]) -> dict[int, set[str]]:
 
 
 def supersense_groups(synsets: list[Synset]) -> dict[str, str]:
-    """Each supersense's group (GROUPS): `verb`, or the top most of its nouns are under."""
+    """Each supersense's group (GROUPS): `verb`, or the top most of its nouns are under (a noun
+    under both, through several hypernyms, counts for both)."""
     reached = noun_tops(synsets)
     votes: dict[str, Counter] = {}
     for synset in synsets:
@@ -183,8 +184,8 @@ def supersense_groups(synsets: list[Synset]) -> dict[str, str]:
         tally = votes.setdefault(synset.lexname, Counter())
         if synset.pos == "v":
             tally["verb"] += 1
-        elif len(reached[synset.offset]) == 1:
-            tally[next(iter(reached[synset.offset]))] += 1
+        else:
+            tally.update(reached[synset.offset])
     return {lexname: _majority(lexname, tally) for lexname, tally in votes.items()}
 
 
