@@ -137,3 +137,8 @@ def test_two_processes_encode_a_block_each_and_match_one(tmp_path, topics, singl
     whole = features_from_config(cfg, TensorCache(tmp_path / "c1"))
     assert store.misses == 0
     torch.testing.assert_close(sharded.train_x, whole.train_x, atol=1e-5, rtol=1e-4)
+    # The ranks' blocks joined are one process's embeddings of every text, no more.
+    entries = [next((tmp_path / c).glob("text-embeddings-*.pt")) for c in ("c2", "c1")]
+    joined, one = (torch.load(entry, weights_only=True)["value"] for entry in entries)
+    assert joined.shape == one.shape == (48, 16)
+    torch.testing.assert_close(joined, one, atol=1e-5, rtol=1e-4)
