@@ -3,9 +3,9 @@ wordnet-base): `python tests/data/wordnet/make_subset.py /usr/share/wordnet test
 
 Per supersense, the PER_CLASS synsets nearest to the tops (the fewest hypernym steps, then the
 lowest offset; nouns among those under their supersense's top in the whole of WordNet), plus
-every noun hypernym above them, so that each noun reaches its top. Lines
-keep WordNet's format and the licence header; only their pointers are cut to the hypernyms
-(`@`, `@i`) with p_cnt to match, which keeps the files small; the verb frames stay.
+every noun hypernym above them, so that each noun reaches its top. Lines keep WordNet's format
+and the licence header; only their pointers are cut to the hypernyms (`@`, `@i`) with p_cnt to
+match, which keeps the files small; the verb frames stay.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def main(source: Path, target: Path) -> None:
             continue
         depth = _depth(offset, nouns, memo) if pos == "n" else 0
         by_class[synset.lexname].append((depth, offset, pos))
-    chosen = {(offset, pos) for members in by_class.values() for _, offset, pos in
-              sorted(members)[:PER_CLASS]}  # fmt: skip
+    nearest = (sorted(members)[:PER_CLASS] for members in by_class.values())
+    chosen = {(offset, pos) for members in nearest for _, offset, pos in members}
     stack = [offset for offset, pos in chosen if pos == "n"]
     while stack:
         for hypernym in nouns[stack.pop()].hypernyms:
