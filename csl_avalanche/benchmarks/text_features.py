@@ -135,9 +135,9 @@ def student_embeddings(
     device = "cuda" if context.device != "cpu" and torch.cuda.is_available() else "cpu"
 
     def part(rows: Callable[[int], slice]) -> torch.Tensor:
-        model = load_encoder(folder, device)
-        log.info("encoding %d texts with %s on %s", len(corpus), folder.name, device)
         texts = corpus.texts[rows(len(corpus))]
+        model = load_encoder(folder, device)
+        log.info("encoding %d texts with %s on %s", len(texts), folder.name, device)
         return encode(model, texts, batch_size=student.batch_size, progress=context.progress)
 
     return context.cache.get_or_compute(
