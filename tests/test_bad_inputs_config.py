@@ -102,6 +102,10 @@ BAD_SETTINGS = [
     (["benchmark=features", *AUTO_2], ["hierarchy=auto", "benchmark=features", "features file"]),
     (["benchmark=domainnet", *AUTO_2], ["hierarchy=auto", "benchmark=domainnet", "domains"]),
     (["benchmark=imagefolder", *AUTO_2, "teacher.heads=h.pt"], ["hierarchy=auto", "teacher.heads"]),
+    (["benchmark=wordnet", "student.arch=MiniLM"], ["student.arch", "sentence-transformers:<"]),
+    (["benchmark=wordnet", "teacher.ngrams=0"], ["teacher.ngrams", ">= 1", "got 0"]),
+    (["benchmark=wordnet", "benchmark.max_per_class=0"], ["benchmark.max_per_class", "got 0"]),
+    (["benchmark=text_file", "data.text_column="], ["data.text_column must be a name"]),
 ]
 
 
@@ -119,7 +123,7 @@ def test_every_shipped_config_passes_the_checks():
     groups (ground truth is the class-incremental scenario's diagnostic only)."""
     with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
         for benchmark in ("digits", "fashion_mnist", "features", "imagefolder", "imagenet_w2s",
-                          "cifar100", "domainnet"):  # fmt: skip
+                          "cifar100", "domainnet", "wordnet", "text_file"):  # fmt: skip
             for scenario, strategies in SHIPPED_STRATEGIES.items():
                 for strategy in strategies:
                     overrides = [f"benchmark={benchmark}", f"strategy={strategy}"]

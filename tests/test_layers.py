@@ -67,7 +67,7 @@ def test_an_import_against_the_floors_breaks_a_contract(tmp_path, module, added,
 
 
 BENCHMARKS = ("digits", "fashion_mnist", "features", "imagefolder", "imagenet_w2s", "cifar100",
-              "domainnet")  # fmt: skip
+              "domainnet", "wordnet", "text_file")  # fmt: skip
 STRATEGIES = {
     "levels": ("csl", "w2s", "oracle", "ensemble"),
     "class_incremental": ("csl", "w2s", "oracle", "ensemble", "ground_truth"),

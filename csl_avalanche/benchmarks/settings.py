@@ -41,6 +41,7 @@ from csl_avalanche.core.rules import (
     setting,
     whole,
 )
+from csl_avalanche.models.sentence_encoder import PREFIX as SENTENCE_TRANSFORMERS
 
 HIERARCHY = Rule(
     f"null, {AUTO}, or a list of levels, each a list of groups of classes (level 0 one group of "
@@ -180,6 +181,22 @@ class DomainNetBenchmark(SplitBenchmark):
     levels_from = "benchmark.domain_groups"
 
 
+@dataclass(frozen=True)
+class TextBenchmark(SplitBenchmark):
+    """A text benchmark: labelled texts split by seed into teachers, pool and test."""
+
+    max_per_class: int | None = setting(
+        optional(whole(1)), "keep at most this many texts of a class (one draw for all seeds)"
+    )
+
+
+@dataclass(frozen=True)
+class WordNetBenchmark(TextBenchmark):
+    finer_groups: list = setting(
+        GROUPS, "levels below verbs | concrete | abstract nouns, as groups of supersense names"
+    )
+
+
 # -- data.* ------------------------------------------------------------------------------------
 
 
@@ -198,6 +215,13 @@ class ImageDataSettings(DataSettings):
     )
     batch_size: int | None = setting(optional(whole(1)), "images per feature-extraction batch")
     num_workers: int | None = setting(optional(whole(0)), "image decoding processes")
+
+
+@dataclass(frozen=True)
+class TextFileData(DataSettings):
+    path: str | None = setting(FILE, "a CSV or JSON lines file, or a folder of <label>/<text file>")
+    text_column: str = setting(NAME, "the text's CSV column or JSON key")
+    label_column: str = setting(NAME, "the label's CSV column or JSON key")
 
 
 # -- teacher.* and student.* -------------------------------------------------------------------
@@ -258,6 +282,32 @@ class CNNStudent:
 @dataclass(frozen=True)
 class ImageStudent(PretrainedNetwork):
     finetune: bool = setting(BOOLEAN, "train the whole network on images, not a linear probe")
+
+
+@dataclass(frozen=True)
+class TfidfTeacher(Budget):
+    """A linear model on TF-IDF vectors, every teacher with the same budget."""
+
+    ngrams: int = setting(whole(1), "word n-grams of 1 up to this many words")
+    min_df: int = setting(whole(1), "drop terms found in fewer of the teachers' texts")
+
+
+SENTENCE_ENCODER = Rule(
+    f"{SENTENCE_TRANSFORMERS}<a local model folder or an installed package>",
+    lambda v: (
+        isinstance(v, str)
+        and v.startswith(SENTENCE_TRANSFORMERS)
+        and v.removeprefix(SENTENCE_TRANSFORMERS).strip() != ""
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SentenceStudent:
+    """A frozen sentence-transformers encoder; the student is a linear probe on its output."""
+
+    arch: str = setting(SENTENCE_ENCODER, "the encoder: sentence-transformers:<folder or package>")
+    batch_size: int = setting(whole(1), "texts per encoding batch")
 
 
 # -- what a source receives ----------------------------------------------------------------------
@@ -326,6 +376,25 @@ class DomainNetSettings(ImageSourceSettings):
     benchmark: DomainNetBenchmark = section("which benchmark, its domains and splits")
 
 
+@dataclass(frozen=True)
+class TextSourceSettings(SourceSettings):
+    """A text benchmark: TF-IDF teachers and a sentence-transformers student on texts."""
+
+    benchmark: TextBenchmark = section("which benchmark, its splits and hierarchy")
+    teacher: TfidfTeacher = section("the weak teachers")
+    student: SentenceStudent = section("the strong student")
+
+
+@dataclass(frozen=True)
+class WordNetSettings(TextSourceSettings):
+    benchmark: WordNetBenchmark = section("which benchmark, its splits and hierarchy")
+
+
+@dataclass(frozen=True)
+class TextFileSettings(TextSourceSettings):
+    data: TextFileData = section("where the texts are, and which columns hold what")
+
+
 # benchmark.name -> the settings its source takes (`registry.register_source` looks them up).
 SOURCE_SETTINGS: dict[str, type[SourceSettings]] = {
     "digits": DigitsSettings,
@@ -335,6 +404,8 @@ SOURCE_SETTINGS: dict[str, type[SourceSettings]] = {
     "imagenet_w2s": ImageNetSettings,
     "cifar100": Cifar100Settings,
     "domainnet": DomainNetSettings,
+    "wordnet": WordNetSettings,
+    "text_file": TextFileSettings,
 }
 
 

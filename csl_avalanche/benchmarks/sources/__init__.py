@@ -8,4 +8,6 @@ from csl_avalanche.benchmarks.sources import (  # noqa: F401 - registers sources
     features_file,
     imagefolder,
     imagenet,
+    text_file,
+    wordnet,
 )
