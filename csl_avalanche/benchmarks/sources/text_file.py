@@ -35,6 +35,6 @@ def _given(levels: list, names: list[str]) -> Hierarchy:
     reads `[[0, 1]]` as numbers, but labels read from a file are names)."""
     named = [[[str(member) for member in group] for group in level] for level in levels]
     try:
-        return Hierarchy.from_groups(named, names)
+        return Hierarchy.from_groups(named, len(names), names)
     except HierarchyError as err:
         raise ConfigError(f"benchmark.hierarchy: {err}") from None

@@ -51,6 +51,6 @@ def supersense_hierarchy(
         key = "benchmark.finer_groups"
         levels = [[names], [group for group in by_group if group], *benchmark.finer_groups]
     try:
-        return Hierarchy.from_groups(levels, names)
+        return Hierarchy.from_groups(levels, len(names), names)
     except HierarchyError as err:
         raise ConfigError(f"{key}: {err}") from None
