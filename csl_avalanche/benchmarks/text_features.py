@@ -95,7 +95,13 @@ def build_text_feature_set(
         lambda: [
             t.state_dict()
             for t in train_teachers(
-                hierarchy, features["teachers"], labels, make_teacher, seed=context.seed, **budget
+                hierarchy,
+                features["teachers"],
+                labels,
+                make_teacher,
+                seed=context.seed,
+                progress=context.progress,
+                **budget,
             )
         ],
         check=lambda weights: nested_finite_fault("teacher weights", weights),
