@@ -8,29 +8,8 @@ import fcntl
 import os
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
-from conftest import REPO
-
-
-def torchrun(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "csl_avalanche.run",
-        f"hydra.run.dir={run_dir}",
-        f"cache_dir={run_dir.parent / 'cache'}",
-        "progress=false",
-        "device=cpu",
-        *overrides,
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+from test_distributed import torchrun
 
 
 def the_one_error(proc: subprocess.CompletedProcess) -> str:
@@ -46,7 +25,9 @@ def the_one_error(proc: subprocess.CompletedProcess) -> str:
 
 def test_a_refused_run_under_torchrun_prints_its_error_once(tmp_path):
     # Refused by the settings, before the processes join.
-    error = the_one_error(torchrun(tmp_path / "run", "strategy.epochs=abc"))
+    error = the_one_error(
+        torchrun(tmp_path / "run", "strategy.epochs=abc", cache_dir=tmp_path / "cache")
+    )
     assert error == "error: strategy.epochs must be a whole number >= 1, got 'abc'"
 
     # Refused by rank 0 once they have joined: the run folder is in use.
@@ -56,5 +37,5 @@ def test_a_refused_run_under_torchrun_prints_its_error_once(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write(f"{os.getpid()}@{socket.gethostname()}\n")
         held.flush()
-        error = the_one_error(torchrun(run_dir))
+        error = the_one_error(torchrun(run_dir, cache_dir=run_dir.parent / "cache"))
     assert f"{run_dir} is in use by another run (process {os.getpid()} on" in error
