@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import csl_avalanche.benchmarks.sources  # noqa: F401 - registers the benchmark sources
 from csl_avalanche import distributed
@@ -34,7 +34,7 @@ from csl_avalanche.experiments.class_incremental import ClassIncrementalScenario
 from csl_avalanche.experiments.levels import LevelsScenario
 from csl_avalanche.experiments.resume import RunProgress, inputs_identity
 from csl_avalanche.experiments.scenario import Reference, RunContext, Scenario
-from csl_avalanche.experiments.schema import RunSettings, read_settings
+from csl_avalanche.experiments.schema import RunSettings, plain_config, read_settings
 from csl_avalanche.experiments.strategy_setup import (
     STREAM_ACCURACY,
     make_evaluator,
@@ -76,8 +76,8 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
     after the last completed unit (`experiments.resume`), or, when the run is finished, only
     writes results.json again if it is missing or damaged.
     """
-    settings = read_settings(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    config = plain_config(cfg)
+    settings = read_settings(config)
     distributed.check_world(list(settings.plugins))
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

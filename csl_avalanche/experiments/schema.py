@@ -173,7 +173,7 @@ RUN_KEYS = ("seed", "device", "cache_dir", "progress", "resume", "strategy", "sc
 def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     """The composed config `cfg` as RunSettings, every value checked against its rule (and
     unknown keys refused); raises ConfigError naming the first setting that is wrong."""
-    config = _plain(cfg)
+    config = plain_config(cfg)
     benchmark = config.get("benchmark")
     name = benchmark.get("name") if isinstance(benchmark, dict) else None
     settings_class = source_settings(name)  # refuses an unknown benchmark
@@ -198,7 +198,7 @@ def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     )
 
 
-def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict:
+def plain_config(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """The config as plain dicts and lists, without Hydra's own `hydra` node (which a Hydra
     callback's config carries)."""
     if isinstance(cfg, DictConfig):
@@ -213,7 +213,7 @@ def described(cfg: DictConfig | Mapping[str, Any]) -> Iterator[tuple[str, Any, s
     """(key, value, description) for every setting of the composed config `cfg`, in the
     schema's order: what `--help` lists. A key without a rule or description raises, so the
     schema cannot fall behind the configs (tests compose every shipped combination)."""
-    config = _plain(cfg)
+    config = plain_config(cfg)
     settings_class = source_settings(config["benchmark"]["name"])
     yield from _described(RunSettings, config, "", {"source": settings_class})
 
