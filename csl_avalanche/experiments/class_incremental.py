@@ -25,11 +25,10 @@ from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.streams import finest_subdomain_names
 from csl_avalanche.evaluation.metrics import (
     ArrivalAccuracyMetric,
-    PGRMetric,
     SubdomainForgettingMetric,
 )
 from csl_avalanche.experiments.checks import check_arrivals_against_data
-from csl_avalanche.experiments.scenario import Reference, RunContext, hierarchy_entry
+from csl_avalanche.experiments.scenario import RunContext, hierarchy_entry
 from csl_avalanche.experiments.schema import GROUND_TRUTH, RunSettings
 from csl_avalanche.experiments.strategy_setup import (
     STRATEGIES,
@@ -78,7 +77,7 @@ class ClassIncrementalScenario:
             self._run_joint(context)
         seed_everything(self.settings.seed)
         metric = ArrivalAccuracyMetric(arrivals.subdomain_names, arrivals.arrived_at())
-        strategy = self._strategy(context, _pgr_metric(reference), metric)
+        strategy = self._strategy(context, reference.metric(), metric)
         progress.restore(strategy)
         for group in by_arrival(self.experiences)[len(progress.arrivals) :]:
             arrival = group[0].arrival
@@ -121,7 +120,7 @@ class ClassIncrementalScenario:
             benchmark,
             context.device,
             context.run_dir,
-            _pgr_metric(context.reference),
+            context.reference.metric(),
             SubdomainForgettingMetric(benchmark.subdomain_names()),
             log_name="joint",
         )
@@ -174,15 +173,6 @@ class ClassIncrementalScenario:
                 ],
             },
         }
-
-
-def _pgr_metric(reference: Reference) -> PGRMetric:
-    return PGRMetric(
-        reference.weak,
-        reference.ceiling,
-        missing_classes=reference.missing_classes,
-        ceiling_steps=reference.ceiling_steps,
-    )
 
 
 def _statistics(strategy, arrival: int) -> list:

@@ -14,7 +14,7 @@ import statistics
 import time
 
 from csl_avalanche.benchmarks.features import FeatureSet
-from csl_avalanche.evaluation.metrics import PGRMetric, SubdomainForgettingMetric
+from csl_avalanche.evaluation.metrics import SubdomainForgettingMetric
 from csl_avalanche.experiments.scenario import RunContext, hierarchy_entry
 from csl_avalanche.experiments.schema import RunSettings
 from csl_avalanche.experiments.strategy_setup import (
@@ -36,14 +36,13 @@ class LevelsScenario:
         benchmark, progress, reference = context.benchmark, context.progress, context.reference
         seed_everything(self.settings.seed)
         forgetting = SubdomainForgettingMetric(benchmark.subdomain_names())
-        pgr_metric = PGRMetric(
-            reference.weak,
-            reference.ceiling,
-            missing_classes=reference.missing_classes,
-            ceiling_steps=reference.ceiling_steps,
-        )
         strategy = make_strategy(
-            self.settings, benchmark, context.device, context.run_dir, pgr_metric, forgetting
+            self.settings,
+            benchmark,
+            context.device,
+            context.run_dir,
+            reference.metric(),
+            forgetting,
         )
         progress.restore(strategy)
         for experience in strategy.levels(benchmark.train_stream)[len(progress.levels) :]:

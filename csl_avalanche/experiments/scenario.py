@@ -16,6 +16,7 @@ import torch
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.streams import CSLBenchmark
 from csl_avalanche.core.cosupervision import pgr, pgr_note
+from csl_avalanche.evaluation.metrics import PGRMetric
 from csl_avalanche.experiments.resume import RunProgress
 from csl_avalanche.experiments.schema import RunSettings
 
@@ -43,6 +44,15 @@ class Reference:
         if note:
             return {"pgr": None, "pgr_note": note}
         return {"pgr": pgr(accuracy, self.weak, self.ceiling)}
+
+    def metric(self) -> PGRMetric:
+        """The Avalanche metric that logs PGR against this reference at every evaluation."""
+        return PGRMetric(
+            self.weak,
+            self.ceiling,
+            missing_classes=self.missing_classes,
+            ceiling_steps=self.ceiling_steps,
+        )
 
 
 @dataclass(frozen=True)
