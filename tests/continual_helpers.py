@@ -13,10 +13,11 @@ from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.strategies import CSLStrategy
 from csl_avalanche.training.plugins.continual import build_continual_plugins
 
+PLUGINS = "avalanche.training.plugins."
 SMALL_PLUGINS = {
-    "replay": {"mem_size": 40, "batch_size_mem": 8},
-    "ewc": {"ewc_lambda": 10.0},
-    "lwf": {"alpha": 1.0, "temperature": 2.0},
+    "replay": {"_target_": PLUGINS + "ReplayPlugin", "mem_size": 40, "batch_size_mem": 8},
+    "ewc": {"_target_": PLUGINS + "EWCPlugin", "ewc_lambda": 10.0},
+    "lwf": {"_target_": PLUGINS + "LwFPlugin", "alpha": 1.0, "temperature": 2.0},
 }
 
 

@@ -83,7 +83,10 @@ BAD_SETTINGS = [
     (["plugins=[lwf]", "plugins.lwf.alpha=[1.0,-0.5]"], ["plugins.lwf.alpha", "list", "-0.5"]),
     (["plugins=[replay]", "plugins.replay.mem_size=-5"], ["plugins.replay.mem_size", "got -5"]),
     (["plugins=[replay]", "plugins.replay.batch_size_mem=0"], ["batch_size_mem", "null or"]),
-    (["plugins=[replay]", "+plugins.replay.memsize=10"], ["plugins.replay.memsize", "mem_size"]),
+    (
+        ["plugins=[replay]", "+plugins.replay.memsize=10"],
+        ["plugins.replay.memsize", "not an argument of ReplayPlugin", "mem_size"],
+    ),
     (["benchmark=imagefolder", "data.num_workers=-1"], ["data.num_workers", ">= 0", "got -1"]),
     (["benchmark=imagefolder", "data.image_size=0"], ["data.image_size", ">= 1", "got 0"]),
     (["benchmark=imagefolder", "data.batch_size=abc"], ["data.batch_size", "got 'abc'"]),

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from conftest import cli, make_feature_set
+from continual_helpers import SMALL_PLUGINS
 
 from csl_avalanche.benchmarks.features import save_features
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
@@ -206,7 +207,7 @@ class WeightRecorder(SupervisedPlugin):
         self.levels[-1].append((step, strategy.level_steps, strategy.confidence_weight()))
 
 
-@pytest.mark.parametrize("plugins", [{}, {"replay": {"mem_size": 40, "batch_size_mem": 8}}])
+@pytest.mark.parametrize("plugins", [{}, {"replay": SMALL_PLUGINS["replay"]}])
 def test_the_strategy_ramps_the_weight_over_each_levels_steps(tiny_features, plugins):
     recorder = WeightRecorder()
     strategy = CSLStrategy(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
-from continual_helpers import run_csl
+from continual_helpers import PLUGINS, run_csl
 
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.training.plugins.continual import build_continual_plugins
@@ -89,17 +89,51 @@ def test_replay_batches_and_the_cosine_schedule_cover_the_level(tiny_features):
 
 def test_factory_builds_avalanche_plugins_in_order():
     plugins = build_continual_plugins(
-        {"lwf": {"alpha": 0.5, "temperature": 1.0}, "replay": {"mem_size": 10}}
+        {
+            "lwf": {"_target_": PLUGINS + "LwFPlugin", "alpha": 0.5, "temperature": 1.0},
+            "replay": {"_target_": PLUGINS + "ReplayPlugin", "mem_size": 10},
+        }
     )
     assert [type(p) for p in plugins] == [LwFPlugin, ReplayPlugin]
     assert plugins[1].mem_size == 10
     assert build_continual_plugins({}) == []
 
 
-def test_factory_rejects_unknown_plugins_and_knobs():
-    with pytest.raises(ConfigError, match="unknown plugin 'gem'"):
+def test_factory_builds_any_class_with_its_nested_targets():
+    """A plugin Avalanche ships but we have no file for, with a storage policy built from its
+    own `_target_`: the arguments are checked against the class's signature."""
+    (replay,) = build_continual_plugins(
+        {
+            "mine": {
+                "_target_": PLUGINS + "ReplayPlugin",
+                "mem_size": 30,
+                "storage_policy": {
+                    "_target_": "avalanche.training.storage_policy.ClassBalancedBuffer",
+                    "max_size": 30,
+                },
+            }
+        }
+    )
+    assert type(replay.storage_policy).__name__ == "ClassBalancedBuffer"
+
+
+def test_factory_rejects_unknown_targets_and_knobs():
+    with pytest.raises(ConfigError, match="plugins.gem must be a mapping with _target_"):
         build_continual_plugins({"gem": {}})
-    with pytest.raises(ConfigError, match="plugins.replay.memsize is not a setting"):
-        build_continual_plugins({"replay": {"memsize": 10}})
+    with pytest.raises(ConfigError, match="cannot import module no_such_module"):
+        build_continual_plugins({"x": {"_target_": "no_such_module.Plugin"}})
+    with pytest.raises(ConfigError, match="has no GEMPlugins"):
+        build_continual_plugins({"x": {"_target_": PLUGINS + "GEMPlugins"}})
+    with pytest.raises(
+        ConfigError,
+        match="plugins.replay.memsize is not an argument of ReplayPlugin; it takes mem_size",
+    ):
+        build_continual_plugins({"replay": {"_target_": PLUGINS + "ReplayPlugin", "memsize": 1}})
     with pytest.raises(ConfigError, match="plugins.ewc.decay_factor must be"):
-        build_continual_plugins({"ewc": {"ewc_lambda": 1.0, "mode": "online"}})
+        build_continual_plugins(
+            {"ewc": {"_target_": PLUGINS + "EWCPlugin", "ewc_lambda": 1.0, "mode": "online"}}
+        )
+    with pytest.raises(ConfigError, match="plugins.gem.patterns is not an argument of GEMPlugin"):
+        build_continual_plugins({"gem": {"_target_": PLUGINS + "GEMPlugin", "patterns": 1}})
+    with pytest.raises(ConfigError, match=r"needs patterns_per_experience, memory_strength"):
+        build_continual_plugins({"gem": {"_target_": PLUGINS + "GEMPlugin"}})

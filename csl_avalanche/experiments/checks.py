@@ -24,6 +24,8 @@ from csl_avalanche.experiments.schema import RunSettings
 from csl_avalanche.storage.atomic import unwritable_because
 from csl_avalanche.storage.lock import lock_holder, take_lock
 
+LWF = "avalanche.training.plugins.LwFPlugin"
+
 RESULTS = "results.json"
 TENSORBOARD = "tb"
 LOCK = ".lock"  # held by the run that owns the folder
@@ -53,10 +55,10 @@ def check_against_data(
             f"samples), so not one training batch fits; use strategy.batch_size={pool_size} or "
             "less"
         )
-    alpha = _lwf_weights(settings)
+    lwf, alpha = _lwf_weights(settings)
     if alpha is not None and len(alpha) < num_levels:
         raise ConfigError(
-            f"plugins.lwf.alpha lists {len(alpha)} weights, but the hierarchy has {num_levels} "
+            f"plugins.{lwf}.alpha lists {len(alpha)} weights, but the hierarchy has {num_levels} "
             f"levels; give one per level, or a single number"
         )
 
@@ -76,10 +78,10 @@ def check_arrivals_against_data(
             f"{shown}, so not one training batch fits; use strategy.batch_size="
             f"{min(small.values())} or less"
         )
-    alpha = _lwf_weights(settings)
+    lwf, alpha = _lwf_weights(settings)
     if alpha is not None and len(alpha) < num_experiences:
         raise ConfigError(
-            f"plugins.lwf.alpha lists {len(alpha)} weights, but the class-incremental stream "
+            f"plugins.{lwf}.alpha lists {len(alpha)} weights, but the class-incremental stream "
             f"trains {num_experiences} experiences; give one per experience, or a single number"
         )
 
@@ -224,7 +226,10 @@ class OutputDirCheck(Callback):
             stop(err)
 
 
-def _lwf_weights(settings: RunSettings) -> list | None:
-    """LwF's per-experience weights, where `plugins.lwf.alpha` lists them."""
-    lwf = settings.plugins.get("lwf")
-    return lwf.alpha if lwf is not None and isinstance(lwf.alpha, list) else None
+def _lwf_weights(settings: RunSettings) -> tuple[str, list] | tuple[None, None]:
+    """The LwF entry's name and its per-experience weights, where its `alpha` lists them."""
+    for spec in settings.plugins.values():
+        alpha = spec.kwargs.get("alpha")
+        if spec.target == LWF and isinstance(alpha, list):
+            return spec.name, alpha
+    return None, None

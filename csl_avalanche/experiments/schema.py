@@ -1,14 +1,15 @@
 """The schema of every setting: typed dataclasses, each field with its rule and description.
 
 `read_settings` walks a composed Hydra config against the schema in one pass, before any data
-is read or model trained (and before Avalanche is imported), and returns `RunSettings`, the
+is read or model trained, and returns `RunSettings`, the
 typed object the rest of the run works with. A wrong value, an unknown key or two settings
 that contradict each other raise one ConfigError naming the key, the value and the fix, e.g.
 `strategy.epochs must be a whole number >= 1, got 'abc'`.
 
 The sections `benchmark`, `data`, `teacher` and `student` belong to the benchmark: their types
-are its settings class (`benchmarks.settings.SOURCE_SETTINGS`). The anti-forgetting
-plugins declare theirs beside the plugin (`training.plugins.continual`).
+are its settings class (`benchmarks.settings.SOURCE_SETTINGS`). A plugin entry is
+checked against its class (`training.plugins.continual`: the class is imported to read its
+arguments).
 
 The walk checks the composed config rather than letting OmegaConf type it at composition:
 OmegaConf would coerce (`progress=yes` becomes true) and report a mistyped value as a
@@ -45,7 +46,12 @@ from csl_avalanche.core.rules import (
     setting,
     whole,
 )
-from csl_avalanche.training.plugins.continual import CONTINUAL_PLUGINS, plugin_settings
+from csl_avalanche.training.plugins.continual import (
+    KNOWN_ARGUMENTS,
+    OWN_LOADER,
+    TARGET,
+    plugin_spec,
+)
 
 GROUND_TRUTH = "ground_truth"
 STRATEGY_NAMES = ("csl", "w2s", GROUND_TRUTH)
@@ -154,12 +160,14 @@ class RunSettings:
                     "none (its labels do not depend on the student); drop "
                     "strategy.reassign_every"
                 )
-            if "replay" in self.plugins:
-                raise ConfigError(
-                    "strategy.reassign_every replaces a level's training data mid-level, but the "
-                    "replay plugin builds its loader once per level and would drop the new data; "
-                    "use plugins=[ewc] or [lwf], or drop strategy.reassign_every"
-                )
+            for spec in self.plugins.values():
+                if spec.target in OWN_LOADER:
+                    raise ConfigError(
+                        "strategy.reassign_every replaces a level's training data mid-level, "
+                        f"but plugins.{spec.name} builds its loader once per level and would "
+                        "drop the new data; use plugins=[ewc] or [lwf], or drop "
+                        "strategy.reassign_every"
+                    )
         if strategy == GROUND_TRUTH and self.strategy.labels != "hard":
             raise ConfigError(
                 "strategy=ground_truth trains on the true classes, which are hard labels; drop "
@@ -192,7 +200,7 @@ def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
         sections={
             "source": lambda v: build_settings(settings_class, v),
             "plugins": lambda v: {
-                name: plugin_settings(name, knobs) for name, knobs in (v or {}).items()
+                name: plugin_spec(name, entry) for name, entry in (v or {}).items()
             },
         },
     )
@@ -229,9 +237,8 @@ def _described(
         if name == "source":
             yield from _described(kind, value, "")
         elif name == "plugins":
-            for plugin, knobs in (value.get("plugins") or {}).items():
-                settings = CONTINUAL_PLUGINS[plugin].settings
-                yield from _described(settings, knobs, f"plugins.{plugin}")
+            for plugin, entry in (value.get("plugins") or {}).items():
+                yield from _described_plugin(plugin, entry)
         elif dataclasses.is_dataclass(kind):
             if name in value:
                 yield from _described(kind, value[name], key)
@@ -239,3 +246,16 @@ def _described(
             if "rule" not in field.metadata or not field.metadata.get("help"):
                 raise ConfigError(f"{key} has no rule or description in the schema")
             yield key, value[name], field.metadata["help"]
+
+
+def _described_plugin(name: str, entry: dict) -> Iterator[tuple[str, Any, str]]:
+    """A plugin entry's class and arguments: described by the class's settings where we ship
+    the plugin, else as the class's keyword arguments."""
+    target = entry.get(TARGET)
+    yield f"plugins.{name}.{TARGET}", target, "the plugin's class"
+    knobs = {key: value for key, value in entry.items() if key != TARGET}
+    if target in KNOWN_ARGUMENTS:
+        yield from _described(KNOWN_ARGUMENTS[target], knobs, f"plugins.{name}")
+    else:
+        for key, value in knobs.items():
+            yield f"plugins.{name}.{key}", value, f"keyword argument of {target}"

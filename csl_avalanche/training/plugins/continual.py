@@ -1,18 +1,25 @@
-"""Avalanche's anti-forgetting plugins (replay, EWC, LwF), built from the `plugins` config group.
+"""Any Avalanche plugin (or a user's own) as a config entry: a `_target_` and its arguments.
 
-They join the CSL strategy after its CoSupervisionPlugin, so they only ever see the level's
-kept, teacher-labelled dataset: ReplayPlugin stores `strategy.experience.dataset`, EWC's
-importance pass re-reads it with the hard pseudo-labels, LwF records its classes from it.
-Each plugin's settings class names the keyword arguments it takes, with their rules
-(Avalanche itself checks them with bare asserts, or not); a knob left out takes Avalanche's
-own default.
+`plugins.<name>` in the config is a mapping with `_target_`, the dotted path of a plugin class,
+and the keyword arguments it is built with (Hydra's `instantiate` convention; a nested mapping
+with its own `_target_`, e.g. a storage policy, is built first). The shipped files in the
+`plugins` config group (`replay`, `ewc`, `lwf`, ...) are such entries, and so is a user's
+`+plugins.mine._target_=my.module.Plugin`. The plugins join the CSL strategy after its
+CoSupervisionPlugin, so they only ever see the level's kept, teacher-labelled dataset.
+
+Every entry is checked before anything trains: the target must import, and its arguments must
+be ones the class takes. Where we know a plugin's arguments (`KNOWN_ARGUMENTS`: the shipped
+ones), they are also checked against their rules (Avalanche checks them with bare asserts, or
+not) and described by `--help`; a knob left out takes the class's own default. Classes are
+imported only when an entry is read, so checking the other settings never imports Avalanche.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from csl_avalanche.core.errors import ConfigError
@@ -28,6 +35,8 @@ from csl_avalanche.core.rules import (
     setting,
     whole,
 )
+
+TARGET = "_target_"
 
 
 @dataclass(frozen=True)
@@ -67,42 +76,129 @@ class LwFSettings:
     temperature: float = setting(POSITIVE, "softmax temperature of the distillation", default=2.0)
 
 
-@dataclass(frozen=True)
-class ContinualPlugin:
-    """An Avalanche plugin class (by name in `avalanche.training.plugins`, imported only when
-    built, so checking settings never imports Avalanche) and its settings class."""
-
-    class_name: str
-    settings: type
-
-    def build(self, settings: Any) -> Any:
-        plugins = importlib.import_module("avalanche.training.plugins")
-        return getattr(plugins, self.class_name)(**asdict(settings))
-
-
-CONTINUAL_PLUGINS: dict[str, ContinualPlugin] = {
-    "replay": ContinualPlugin("ReplayPlugin", ReplaySettings),
-    "ewc": ContinualPlugin("EWCPlugin", EWCSettings),
-    "lwf": ContinualPlugin("LwFPlugin", LwFSettings),
+# The arguments of the plugin classes we ship a config file for, by `_target_`.
+KNOWN_ARGUMENTS: dict[str, type] = {
+    "avalanche.training.plugins.ReplayPlugin": ReplaySettings,
+    "avalanche.training.plugins.EWCPlugin": EWCSettings,
+    "avalanche.training.plugins.LwFPlugin": LwFSettings,
 }
 
+# Plugins that build their own training loader once per experience (a re-assignment
+# mid-level would not reach it).
+OWN_LOADER = {"avalanche.training.plugins.ReplayPlugin"}
 
-def plugin_settings(name: str, knobs: Any) -> Any:
-    """The settings of the plugin `name` from its keyword arguments (a mapping), checked."""
-    if name not in CONTINUAL_PLUGINS:
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One checked `plugins.<name>` entry: the class's dotted path and the keyword arguments
+    it is built with, as written (a knob left out takes the class's own default)."""
+
+    name: str
+    target: str
+    kwargs: dict = field(default_factory=dict)
+
+    def plugin_class(self) -> type:
+        return resolve_target(self.target, f"plugins.{self.name}")
+
+    def build(self) -> Any:
+        """A new plugin; an argument its class refuses (Avalanche asserts) is a ConfigError."""
+        kwargs = {
+            key: _instantiate(value, f"plugins.{self.name}.{key}")
+            for key, value in self.kwargs.items()
+        }
+        try:
+            return self.plugin_class()(**kwargs)
+        except (AssertionError, ValueError, TypeError) as err:
+            raise ConfigError(
+                f"plugins.{self.name} ({self.target}) refuses its arguments {self.kwargs}: "
+                f"{err or type(err).__name__}; fix them under plugins.{self.name}"
+            ) from None
+
+
+def resolve_target(path: Any, key: str) -> Any:
+    """The object a dotted `_target_` path names, or a ConfigError saying how to fix it."""
+    if not isinstance(path, str) or "." not in path:
         raise ConfigError(
-            f"unknown plugin {name!r} in plugins; choose from {sorted(CONTINUAL_PLUGINS)}"
+            f"{key}.{TARGET} must be the dotted path of a class (module.Class), got {path!r}"
         )
-    settings = CONTINUAL_PLUGINS[name].settings
-    return (
-        knobs if isinstance(knobs, settings) else build_settings(settings, knobs, f"plugins.{name}")
-    )
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"{key}.{TARGET}={path}: cannot import module {module_name} ({err}); check the "
+            "spelling, or install the package that provides it"
+        ) from None
+    if not hasattr(module, attribute):
+        raise ConfigError(f"{key}.{TARGET}={path}: module {module_name} has no {attribute}")
+    return getattr(module, attribute)
+
+
+def plugin_spec(name: str, entry: Any) -> PluginSpec:
+    """The entry `plugins.<name>` checked: its target imports and takes these arguments."""
+    key = f"plugins.{name}"
+    if isinstance(entry, PluginSpec):
+        return entry
+    if not isinstance(entry, Mapping) or TARGET not in entry:
+        raise ConfigError(
+            f"{key} must be a mapping with {TARGET} (the plugin's class, e.g. "
+            f"avalanche.training.plugins.ReplayPlugin) and its arguments, got {entry!r}; pick a "
+            f"shipped file with plugins=[{name}] or set +{key}.{TARGET}=module.Class"
+        )
+    target = entry[TARGET]
+    plugin_class = resolve_target(target, key)
+    knobs = {k: v for k, v in entry.items() if k != TARGET}
+    if target in KNOWN_ARGUMENTS:  # the knobs we declare, against their rules
+        settings = KNOWN_ARGUMENTS[target]
+        declared = {f.name for f in fields(settings)}
+        build_settings(settings, {k: v for k, v in knobs.items() if k in declared}, key)
+    _check_arguments(plugin_class, knobs, key)
+    return PluginSpec(name, target, knobs)
+
+
+def _check_arguments(plugin_class: Any, knobs: Mapping[str, Any], key: str) -> None:
+    """Refuse a keyword the class does not take, or a required one left out."""
+    try:
+        signature = inspect.signature(plugin_class)
+    except (TypeError, ValueError):  # a builtin without a signature: the build will tell
+        return
+    parameters = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        accepted = None
+    else:
+        accepted = [
+            n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL
+        ]
+    for knob in knobs:
+        if accepted is not None and knob not in accepted:
+            raise ConfigError(
+                f"{key}.{knob} is not an argument of {plugin_class.__qualname__}; it takes "
+                f"{', '.join(accepted) or 'none'}"
+            )
+    missing = [
+        n
+        for n, p in parameters.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and n not in knobs
+    ]
+    if missing:
+        raise ConfigError(
+            f"{key} ({plugin_class.__qualname__}) needs {', '.join(missing)}: set "
+            + " ".join(f"+{key}.{n}=..." for n in missing)
+        )
+
+
+def _instantiate(value: Any, key: str) -> Any:
+    """A nested `{_target_: ..., ...}` mapping built into its object (recursively)."""
+    if isinstance(value, Mapping) and TARGET in value:
+        spec = plugin_spec(key.removeprefix("plugins."), value)
+        return spec.build()
+    if isinstance(value, list):
+        return [_instantiate(item, key) for item in value]
+    return value
 
 
 def build_continual_plugins(plugins: Mapping[str, Any] | None) -> list:
-    """One plugin per entry of `plugins` (name -> its settings, or their mapping), in order."""
-    built = []
-    for name, knobs in (plugins or {}).items():
-        settings = plugin_settings(name, knobs)  # refuses an unknown plugin or knob
-        built.append(CONTINUAL_PLUGINS[name].build(settings))
-    return built
+    """One plugin per entry of `plugins` (name -> its PluginSpec, or its mapping), in order."""
+    return [plugin_spec(name, entry).build() for name, entry in (plugins or {}).items()]
