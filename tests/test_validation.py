@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import assert_clean_error, cli, crash_on_call, make_feature_set
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import csl_avalanche.experiments.class_incremental as incremental
 import csl_avalanche.experiments.levels as levels
@@ -146,6 +147,11 @@ def test_every_stage_reports_validation_and_test_numbers(tmp_path, overrides):
     assert results["test_accuracy"] == accuracy
     if results["scenario"] == "class_incremental":
         assert 0 <= results["joint_val_accuracy"] <= 1
+    if not overrides:  # TensorBoard: PGR on validation, against the validation reference
+        events = EventAccumulator(str(tmp_path / "run" / "tb" / "csl"))
+        events.Reload()
+        logged = [event.value for event in events.Scalars("PGR/eval_phase/val_stream")]
+        assert logged == pytest.approx([stage["val_pgr"] for stage in stages], rel=1e-5)
     assert f"student {results['val_accuracy']:.4f}" in outcome.out
 
 
