@@ -5,6 +5,7 @@ kept across a resume; and the report's `--select val`."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -21,6 +22,7 @@ from csl_avalanche.benchmarks.validation import validation_rows, with_validation
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.evaluation.report import main as report_main
 from csl_avalanche.evaluation.report import select_by_validation
+from csl_avalanche.run import objective
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
@@ -180,6 +182,13 @@ def test_a_resumed_run_reproduces_the_validation_numbers(tmp_path, monkeypatch, 
     for key in ("timings", "config"):  # the runs' folders differ
         del results[key], expected[key]
     assert results == expected
+
+
+def test_the_job_returns_the_validation_pgr_for_a_sweeper_and_the_results_otherwise():
+    plain = {"levels": [{"pgr": 0.5}]}
+    assert objective(plain) is plain
+    assert objective({**plain, "weak_val_accuracy": 0.7, "val_pgr": 0.25}) == 0.25
+    assert math.isnan(objective({**plain, "weak_val_accuracy": 0.7, "val_pgr": None}))
 
 
 # --- a features file's own validation split -----------------------------------------------------
