@@ -11,6 +11,7 @@ backslash escapes.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -81,6 +82,27 @@ def arrival_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def validation_line(results: dict) -> str | None:
+    """The validation split's numbers after the last level (arrival), where there is one."""
+    if "weak_val_accuracy" not in results:
+        return None
+    pgr = "n/a" if results["val_pgr"] is None else f"{results['val_pgr']:.3f}"
+    return (
+        f"validation: weak {results['weak_val_accuracy']:.4f}   ceiling "
+        f"{results['ceiling_val_accuracy']:.4f}   student {results['val_accuracy']:.4f}   "
+        f"PGR {pgr}"
+    )
+
+
+def objective(results: dict) -> dict | float:
+    """What the job returns: its results; with a validation split (benchmark.val_fraction > 0,
+    or a features file's) the validation PGR after the last level (arrival), NaN where it is
+    n/a: the number a Hydra sweeper such as Optuna's optimises (docs/tuning.md)."""
+    if "weak_val_accuracy" not in results:
+        return results
+    return math.nan if results["val_pgr"] is None else results["val_pgr"]
+
+
 def _shown(value: float | None, spec: str, width: int) -> str:
     return format("-" if value is None else format(value, spec), f">{width}")
 
@@ -139,7 +161,7 @@ def _value(value: object) -> str:
     return str(value).replace(" ", "")
 
 
-def main() -> dict | None:
+def main() -> dict | float | None:
     """The command line: `--help` prints `settings_help`; anything else runs Hydra's job."""
     for stream in (sys.stdout, sys.stderr):  # a run folder named runs/é on an ASCII terminal
         if hasattr(stream, "reconfigure"):
@@ -155,7 +177,8 @@ def main() -> dict | None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://csl_avalanche.configs", config_name="config")
-def run_job(cfg: DictConfig) -> dict:
+def run_job(cfg: DictConfig) -> dict | float:
+    """One run; returns `objective(results)`."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         read_settings(cfg)
@@ -168,13 +191,15 @@ def run_job(cfg: DictConfig) -> dict:
     from csl_avalanche.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 reports for all (the same results)
-        return results
+        return objective(results)
     incremental = results.get("scenario") == "class_incremental"
     print(arrival_table(results) if incremental else summary_table(results))
+    if line := validation_line(results):
+        print(line)
     for line in pgr_warnings(results):
         print(line, file=sys.stderr)
     print(f"results: {run_dir / 'results.json'}   tensorboard --logdir {run_dir / 'tb'}")
-    return results
+    return objective(results)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ co-supervision plugin:
 
 `strategy=w2s` trains on the first phases only. `ground_truth_stream` holds the same arrivals
 with the pool's true labels (the continual-learning ceiling, a diagnostic). The test stream is
-the levels scenario's: one experience per finest subdomain, all of them from the start.
+the levels scenario's: one experience per finest subdomain, all of them from the start; so is
+the validation stream, where there is one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from csl_avalanche.benchmarks.streams import (
     finest_subdomain_names,
     finest_test_experiences,
     labelled_dataset,
+    validation_streams,
 )
 from csl_avalanche.core.errors import ConfigError
 
@@ -143,7 +145,8 @@ class GroundTruthArrival(DatasetExperience):
 class ArrivalBenchmark:
     """The class-incremental Avalanche scenario: `train_stream` (two phases per arrival),
     `ground_truth_stream` (one experience per arrival, true labels), `test_stream` (one per
-    finest subdomain, in the hierarchy's order, named by `subdomain_names`)."""
+    finest subdomain, in the hierarchy's order, named by `subdomain_names`), `val_stream` (the
+    validation split, or None)."""
 
     scenario: CLScenario
     features: FeatureSet
@@ -161,6 +164,11 @@ class ArrivalBenchmark:
     @property
     def test_stream(self):
         return self.scenario.test_stream
+
+    @property
+    def val_stream(self):
+        """The validation split's stream, or None without one."""
+        return getattr(self.scenario, "val_stream", None)
 
     def arrived_at(self) -> list[int]:
         """For each finest subdomain (test stream order), the arrival that brings it."""
@@ -192,6 +200,7 @@ def make_arrival_benchmark(features: FeatureSet, order: Sequence[int]) -> Arriva
             EagerCLStream("train", train),
             EagerCLStream("ground_truth", truth),
             EagerCLStream("test", finest_test_experiences(features)),
+            *validation_streams(features),
         ]
     )
     return ArrivalBenchmark(scenario, features, arrivals, names)

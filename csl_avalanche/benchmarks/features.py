@@ -73,6 +73,11 @@ class FeatureSet:
     test_domains: torch.Tensor | None = None  # [M]
     teacher_logits: bool = False  # the teacher outputs above are logits, not probabilities
     class_names: Sequence[str] | None = None  # one per class, where the benchmark has names
+    # The validation split (all three, or none): labelled samples from the test split's
+    # distribution that neither the student nor the teachers train on (`benchmarks.validation`).
+    val_x: torch.Tensor | None = None  # [V, D] (or [V, 3, H, W])
+    val_y: torch.Tensor | None = None  # [V]
+    teacher_val_probs: torch.Tensor | None = None  # [T, V, C], stored as the other outputs
 
     def teacher_probs(
         self,
@@ -82,15 +87,15 @@ class FeatureSet:
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Class probabilities [K, n, C], float32, of `teachers` on `rows` (a slice, or an index
-        tensor) of `split` ("train": the pool, "test").
+        tensor) of `split` ("train": the pool, "test", "val": the validation split).
 
         Only that chunk is read (from the memory map) and moved to `device` in its stored
         dtype, then converted; logits get their softmax here. Callers iterate over chunks of
         rows, so that no [T, N, C] float32 tensor is ever built.
         """
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        stored = self.teacher_train_probs if split == "train" else self.teacher_test_probs
+        if split not in SPLITS or (split == "val" and not self.has_validation):
+            raise ValueError(f"split must be one of {self.splits()}, got {split!r}")
+        stored = getattr(self, f"teacher_{split}_probs")
         if isinstance(teachers, slice):
             chunk = stored[teachers, rows]
         elif isinstance(rows, torch.Tensor):  # two index lists: broadcast to [K, n]
@@ -99,6 +104,15 @@ class FeatureSet:
             chunk = stored[list(teachers), rows]
         chunk = chunk.to(device).float()
         return chunk.softmax(dim=-1) if self.teacher_logits else chunk
+
+    @property
+    def has_validation(self) -> bool:
+        """True when the features carry a validation split."""
+        return self.val_x is not None
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits the features hold: train (the pool), test, and val where there is one."""
+        return SPLITS if self.has_validation else SPLITS[:2]
 
     @property
     def num_classes(self) -> int:
@@ -150,7 +164,7 @@ class FeatureSet:
             _check_tensor("test_x", self.test_x, dims=2, floating=True)
         _check_tensor("train_y", self.train_y, dims=1, floating=False)
         _check_tensor("test_y", self.test_y, dims=1, floating=False)
-        train_key, test_key = self.teacher_keys()
+        train_key, test_key, _ = self.teacher_keys()
         _check_tensor(train_key, self.teacher_train_probs, dims=3, floating=True)
         _check_tensor(test_key, self.teacher_test_probs, dims=3, floating=True)
         n, *sample = self.train_x.shape
@@ -199,6 +213,7 @@ class FeatureSet:
             raise FeaturesFileError(
                 f"class_names must be a list of {c} strings, one per class (C={c}), got {shown}"
             )
+        self._validate_validation(images, sample, t, c)
         if values:
             self._validate_values()
         self._validate_domains(n, m)
@@ -213,32 +228,73 @@ class FeatureSet:
             raise FeaturesFileError(f"levels/subdomains: {err}") from None
         return self
 
-    def teacher_keys(self) -> tuple[str, str]:
+    def _validate_validation(self, images: bool, sample: list[int], t: int, c: int) -> None:
+        """The validation split, where there is one: all three fields, shaped as the test split
+        (V >= 1 samples of the pool's shape, T teachers, C classes), labels in 0..C-1."""
+        given = [name for name in VAL_FIELDS if getattr(self, name) is not None]
+        if not given:
+            return
+        val_key = self.teacher_keys()[2]
+        if len(given) < len(VAL_FIELDS):
+            missing = [name for name in VAL_FIELDS if name not in given]
+            shown = [val_key if name == "teacher_val_probs" else name for name in missing]
+            raise FeaturesFileError(
+                f"a validation split needs val_x, val_y and {val_key} together; {shown} missing"
+            )
+        if images and self.holds_images:
+            _check_images("val_x", self.val_x)
+        else:
+            _check_tensor("val_x", self.val_x, dims=2, floating=True)
+        _check_tensor("val_y", self.val_y, dims=1, floating=False)
+        _check_tensor(val_key, self.teacher_val_probs, dims=3, floating=True)
+        v = self.val_x.shape[0]
+        if v == 0:
+            raise FeaturesFileError(
+                "val_x holds no samples (V=0): leave the validation split out instead"
+            )
+        expect = {
+            "val_x": (self.val_x, (v, *sample)),
+            "val_y": (self.val_y, (v,)),
+            val_key: (self.teacher_val_probs, (t, v, c)),
+        }
+        for name, (tensor, shape) in expect.items():
+            if tuple(tensor.shape) != shape:
+                raise FeaturesFileError(
+                    f"{name} has shape {list(tensor.shape)}, expected {list(shape)} (V={v} "
+                    f"validation samples of the pool's shape {list(sample)}, T={t} teachers, "
+                    f"C={c})"
+                )
+        if self.val_y.min() < 0 or self.val_y.max() >= c:
+            raise FeaturesFileError(
+                f"val_y holds labels in [{int(self.val_y.min())}, {int(self.val_y.max())}], "
+                f"outside 0..{c - 1} (C={c} from the teacher outputs)"
+            )
+
+    def teacher_keys(self) -> tuple[str, str, str]:
         """The names of the teacher outputs, as a features file stores them."""
         return TEACHER_KEYS["logits" if self.teacher_logits else "probs"]
 
     def _validate_values(self) -> None:
-        """Finite student inputs; teacher outputs that are probabilities (or finite logits).
-        Each tensor is read once, a chunk at a time."""
+        """Finite student inputs; teacher outputs that are probabilities (or finite logits), on
+        every split. Each tensor is read once, a chunk at a time."""
         axes = IMAGE_AXES if self.holds_images else SAMPLE_AXES
-        if fault := finite_fault("train_x", self.train_x, axes) or finite_fault(
-            "test_x", self.test_x, axes
-        ):
-            raise FeaturesFileError(f"{fault}; the student inputs must be finite numbers")
-        train_key, test_key = self.teacher_keys()
-        train, test = self.teacher_train_probs, self.teacher_test_probs
-        if self.teacher_logits:
-            if fault := logits_fault(train_key, train) or logits_fault(test_key, test):
-                probs_keys = " and ".join(TEACHER_KEYS["probs"])
+        splits = self.splits()
+        for split in splits:
+            if fault := finite_fault(f"{split}_x", getattr(self, f"{split}_x"), axes):
+                raise FeaturesFileError(f"{fault}; the student inputs must be finite numbers")
+        for key, split in zip(self.teacher_keys(), splits, strict=False):
+            outputs = getattr(self, f"teacher_{split}_probs")
+            if self.teacher_logits and (fault := logits_fault(key, outputs)):
+                probs_keys = " and ".join(TEACHER_KEYS["probs"][:2])
                 raise FeaturesFileError(
                     f"{fault}; teacher logits must be finite numbers, and probabilities go "
                     f"under {probs_keys} instead"
                 )
-        elif fault := probability_fault(train_key, train) or probability_fault(test_key, test):
-            raise FeaturesFileError(
-                f"{fault}; teacher outputs must be probabilities, non-negative rows summing to "
-                "1 (softmax of finite logits)"
-            )
+            if not self.teacher_logits and (fault := probability_fault(key, outputs)):
+                raise FeaturesFileError(
+                    f"{fault}; teacher outputs must be probabilities, non-negative rows summing "
+                    "to 1 (softmax of finite logits)"
+                )
 
     def _validate_domains(self, n: int, m: int) -> None:
         if (self.train_domains is None) != (self.test_domains is None):
@@ -259,12 +315,15 @@ class FeatureSet:
                 )
 
 
-OPTIONAL_FIELDS = ("train_domains", "test_domains", "class_names")
-INTEGER_FIELDS = ("train_y", "test_y", "train_domains", "test_domains")
-# A features file's teacher outputs: probabilities, or logits (FeatureSet.teacher_logits).
+SPLITS = ("train", "test", "val")
+VAL_FIELDS = ("val_x", "val_y", "teacher_val_probs")
+OPTIONAL_FIELDS = ("train_domains", "test_domains", "class_names", *VAL_FIELDS)
+INTEGER_FIELDS = ("train_y", "test_y", "train_domains", "test_domains", "val_y")
+# A features file's teacher outputs on each split: probabilities, or logits
+# (FeatureSet.teacher_logits).
 TEACHER_KEYS = {
-    "probs": ("teacher_train_probs", "teacher_test_probs"),
-    "logits": ("teacher_train_logits", "teacher_test_logits"),
+    "probs": ("teacher_train_probs", "teacher_test_probs", "teacher_val_probs"),
+    "logits": ("teacher_train_logits", "teacher_test_logits", "teacher_val_logits"),
 }
 IMAGE_AXES = ("image", "channel", "row", "column")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
@@ -332,9 +391,9 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
 
 def _file_keys(kind: str) -> list[str]:
     """The keys of a features file whose teacher outputs are of `kind` (probs or logits)."""
-    train, test = TEACHER_KEYS[kind]
     names = [f.name for f in fields(FeatureSet) if f.name != "teacher_logits"]
-    return [{"teacher_train_probs": train, "teacher_test_probs": test}.get(n, n) for n in names]
+    by_field = dict(zip(TEACHER_KEYS["probs"], TEACHER_KEYS[kind], strict=True))
+    return [by_field.get(n, n) for n in names]
 
 
 def _load_file(path: Path) -> object:

@@ -55,7 +55,8 @@ HIERARCHY = Rule(
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    """`benchmark.*` of every benchmark: its name and how its hierarchy is chosen."""
+    """`benchmark.*` of every benchmark: its name, how its hierarchy is chosen, and the
+    validation split (`benchmarks.validation`)."""
 
     name: str = setting(NAME, "the benchmark source (the benchmark group's choice)")
     hierarchy: Any = setting(
@@ -67,6 +68,12 @@ class BenchmarkSettings:
     auto_holdout: float | None = setting(
         optional(number("in (0, 1)", lambda v: 0 < v < 1)),
         f"with hierarchy=auto: the held-out fraction of the teacher split; null: {DEFAULT_HOLDOUT}",
+    )
+    val_fraction: float = setting(
+        number("in [0, 1)", lambda v: 0 <= v < 1),
+        "fraction of each class's pool samples held out for validation; 0: none",
+        default=0,
+        kw_only=True,
     )
 
     # Why a benchmark cannot cluster its own subdomains (None: it can).

@@ -1,5 +1,7 @@
 """The CSL stream on Avalanche: train experiences are hierarchy levels, test experiences are
-the finest subdomains (class sets, or input domains).
+the finest subdomains (class sets, or input domains). Where the features carry a validation
+split (`benchmarks.validation`), the `val` stream is one experience holding it, with ground
+truth, for evaluation only.
 
 Every dataset here yields `[x, y, task]`, `y` the hard label, or `[x, y, soft_target, task]`
 when training on soft labels (a probability vector over classes). Train datasets only ever hold
@@ -146,6 +148,11 @@ class CSLBenchmark:
     def ceiling_stream(self):
         return self.scenario.ceiling_stream
 
+    @property
+    def val_stream(self):
+        """The validation split's stream, or None without one."""
+        return getattr(self.scenario, "val_stream", None)
+
     def subdomain_names(self) -> list[str]:
         return finest_subdomain_names(self.features, self.hierarchy)
 
@@ -216,9 +223,19 @@ def finest_test_experiences(features: FeatureSet) -> list[DatasetExperience]:
     return experiences
 
 
+def validation_streams(features: FeatureSet) -> list[EagerCLStream]:
+    """[the `val` stream: one experience of the validation split with its ground truth], or []
+    where the features have no validation split."""
+    if not features.has_validation:
+        return []
+    dataset = labelled_dataset(features.val_x, features.val_y)
+    return [EagerCLStream("val", [DatasetExperience(dataset=dataset, current_experience=0)])]
+
+
 def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
     """train_stream: one experience per level; test_stream: one per finest subdomain;
-    ceiling_stream: the pool with ground truth (for the ceiling baseline only)."""
+    ceiling_stream: the pool with ground truth (for the ceiling baseline only); val_stream
+    (where the features have a validation split): the validation split."""
     hierarchy = features.hierarchy
     x = features.train_x
     train = [
@@ -232,6 +249,7 @@ def make_csl_benchmark(features: FeatureSet) -> CSLBenchmark:
             EagerCLStream("train", train),
             EagerCLStream("test", finest_test_experiences(features)),
             EagerCLStream("ceiling", ceiling),
+            *validation_streams(features),
         ]
     )
     return CSLBenchmark(scenario=scenario, features=features, hierarchy=hierarchy)

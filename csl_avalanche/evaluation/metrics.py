@@ -31,9 +31,12 @@ class PGRMetric(PluginMetric[float]):
     """Performance gap recovered by the student's accuracy over a whole evaluated stream.
 
     `weak_accuracy` (the level-0 generalist on the test split) and `ceiling_accuracy` (the
-    student trained on ground truth, same budget) are measured in the same run. Where PGR would
-    not mean what it says (`cosupervision.pgr_note`: no gap, a class without pool samples, no
-    training step) it logs nothing; results.json says why.
+    student trained on ground truth, same budget) are measured in the same run; `val_reference`
+    (weak, ceiling) holds the same two on the validation split, where there is one. A stream
+    is measured against its own split's pair: the test stream against the test accuracies, the
+    `val` stream against `val_reference`; another stream logs nothing. Where PGR would not mean
+    what it says (`cosupervision.pgr_note`: no gap, a class without pool samples, no training
+    step) it logs nothing; results.json says why.
     """
 
     def __init__(
@@ -43,14 +46,18 @@ class PGRMetric(PluginMetric[float]):
         *,
         missing_classes: Sequence[int] = (),
         ceiling_steps: int = 1,
+        val_reference: tuple[float, float] | None = None,
     ):
         super().__init__()
         self.weak_accuracy = weak_accuracy
         self.ceiling_accuracy = ceiling_accuracy
+        self.references = {"test": (weak_accuracy, ceiling_accuracy)}
+        if val_reference is not None:
+            self.references["val"] = val_reference
         self.missing_classes = tuple(missing_classes)
         self.ceiling_steps = ceiling_steps
         self._accuracy = Accuracy()
-        self._stream = "test_stream"
+        self._stream = "test"
         self._value: float | None = None
 
     def reset(self) -> None:
@@ -70,15 +77,19 @@ class PGRMetric(PluginMetric[float]):
         self._stream = strategy.experience.origin_stream.name
 
     def after_eval(self, strategy) -> list[MetricValue]:
+        if self._stream not in self.references:
+            self._value = None
+            return []
+        weak, ceiling = self.references[self._stream]
         note = pgr_note(
-            self.weak_accuracy,
-            self.ceiling_accuracy,
+            weak,
+            ceiling,
             missing_classes=self.missing_classes,
             ceiling_steps=self.ceiling_steps,
             student_steps=strategy.clock.train_exp_iterations,
         )
         accuracy = self._accuracy.result()
-        self._value = None if note else pgr(accuracy, self.weak_accuracy, self.ceiling_accuracy)
+        self._value = None if note else pgr(accuracy, weak, ceiling)
         if self._value is None:
             return []
         name = f"PGR/eval_phase/{self._stream}_stream"

@@ -21,6 +21,10 @@ columns are subdomains (and an arrival matrix's rows are arrivals), so it averag
 with the same subdomains, hierarchy and arrival order. A configuration whose runs differ gets
 one matrix per group of seeds, titled with the seeds, and a warning naming it.
 
+`--select val` (runs with a validation split, `benchmark.val_fraction`) reports, for each
+configuration, the setting of the tuned keys with the best mean validation PGR and that
+setting's test numbers (`select_by_validation`; docs/tuning.md), into DIR/selection.md.
+
 Each run counts once: a results.json in a `replaced-<time>/` folder (an earlier run that
 `resume=false` moved aside; see `experiments.resume`) is left out unless DIR is that folder,
 and a second results.json of the same configuration and seed (a copy) is skipped; a warning
@@ -68,6 +72,7 @@ PGR_PLOT = "pgr_per_level.png"
 MATRIX_PLOT = "accuracy_matrix.png"
 AVERAGE_ACCURACY_PLOT = "average_accuracy.png"
 ARRIVAL_MATRIX_PLOT = "arrival_accuracy_matrix.png"
+SELECTION = "selection.md"
 INCREMENTAL = "class_incremental"
 LITERAL_TEXT = {"text.parse_math": False}  # labels are settings and names: `$` is no formula
 
@@ -98,6 +103,13 @@ class Variant:
             for run in self.runs
             if "mean_forgetting" in run["levels"][-1]
         ]
+
+    def final(self, key: str) -> list:
+        """Each run's `key` after its last level (or arrival); None where it is null."""
+        return [run[_stages(run)][-1].get(key) for run in self.runs]
+
+    def final_test_accuracy(self) -> list[float]:
+        return [run[_stages(run)][-1][TEST_ACCURACY[_stages(run)]] for run in self.runs]
 
     def num_levels(self) -> int:
         return max(len(run["levels"]) for run in self.runs)
@@ -262,7 +274,14 @@ STAGE = {
     "levels": {"student_accuracy": ACCURACY, "pgr": NUMBER_OR_NULL},
     "arrivals": {"average_accuracy": ACCURACY},
 }
-STAGE_WHERE_THERE = {"levels": {"mean_forgetting": NUMBER_OR_NULL}, "arrivals": {}}
+# The validation numbers are there in runs with a validation split (benchmark.val_fraction).
+VALIDATION = {"val_accuracy": ACCURACY, "val_pgr": NUMBER_OR_NULL}
+STAGE_WHERE_THERE = {
+    "levels": {"mean_forgetting": NUMBER_OR_NULL, **VALIDATION},
+    "arrivals": {"accuracy": ACCURACY, "pgr": NUMBER_OR_NULL, **VALIDATION},
+}
+# The test accuracy of a stage, by the run's stages.
+TEST_ACCURACY = {"levels": "student_accuracy", "arrivals": "accuracy"}
 ARRIVALS_SUMMARY = {
     "final_average_accuracy": ACCURACY,
     "final_mean_forgetting": NUMBER_OR_NULL,
@@ -536,6 +555,97 @@ def write_report(root: Path) -> str:
     return "\n\n".join(tables)
 
 
+def select_by_validation(root: Path, tune: Sequence[str] | None = None) -> str:
+    """`--select val`: for each configuration, the setting of the tuned keys with the best
+    mean validation PGR over its seeds, and its test numbers; written to DIR/selection.md,
+    returned as a table.
+
+    The tuned keys are `tune`, or by default every setting that varies between the runs' variants
+    (seed aside): a sweep over the tuned keys alone is one configuration. The other settings
+    tell configurations apart, so `--tune strategy.logconf_alpha` on a sweep over strategies
+    picks an alpha for each strategy. A run without validation numbers (no validation split)
+    is refused."""
+    variants = load_variants(root)
+    for variant in variants:
+        for run in variant.runs:
+            if "val_pgr" not in run[_stages(run)][-1]:
+                raise ConfigError(
+                    f"--select val picks by validation PGR, but {variant.paths[run['seed']]} has "
+                    "none (a run without a validation split); run the sweep with "
+                    "benchmark.val_fraction above 0 (docs/tuning.md), or report without --select"
+                )
+    tuned = _tuned_keys(variants, tune)
+    groups: dict[str, list[Variant]] = {}
+    for variant in variants:
+        rest = {k: v for k, v in variant.settings.items() if k not in tuned}
+        groups.setdefault(json.dumps(rest, sort_keys=True), []).append(variant)
+    configurations = [
+        Variant({k: v for k, v in members[0].settings.items() if k not in tuned})
+        for members in groups.values()
+    ]
+    _label(configurations)
+    head = ["configuration", "chosen setting", "candidates", "seeds", "validation PGR"]
+    head += ["test accuracy", "test PGR"]
+    rows = [head, ["---"] * len(head)]
+    for configuration, members in zip(configurations, groups.values(), strict=True):
+        best = best_by_validation(members)
+        if best is None:
+            rows.append([configuration.label, "n/a: no validation PGR", str(len(members))])
+            rows[-1] += ["–"] * (len(head) - 3)
+            continue
+        chosen = " ".join(f"{k}={best.settings[k]}" for k in tuned if k in best.settings)
+        rows.append(
+            [
+                configuration.label,
+                chosen or "(the only one)",
+                str(len(members)),
+                ",".join(map(str, best.seeds)),
+                _cell(best.final("val_pgr")),
+                _cell(best.final_test_accuracy()),
+                _cell(best.final("pgr")),
+            ]
+        )
+    table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    text = (
+        f"# Selected by validation PGR: {len(variants)} settings, tuned keys "
+        f"{', '.join(tuned) or '(none)'}\n\n"
+        "For each configuration, the setting of the tuned keys with the best mean validation "
+        "PGR (after the last level or arrival, over its seeds), and its numbers: mean ± sample "
+        "standard deviation over seeds.\n\n"
+        f"{table}\n"
+    )
+    try:
+        (root / SELECTION).write_text(text)
+    except OSError as err:
+        raise _unwritable(root / SELECTION, err) from None
+    return table
+
+
+def best_by_validation(variants: Sequence[Variant]) -> Variant | None:
+    """The variant with the highest mean validation PGR (n/a runs left out; the first of equal
+    ones); None if none has one."""
+    scored = [(mean_spread(v.final("val_pgr"))[0], index) for index, v in enumerate(variants)]
+    scored = [(score, index) for score, index in scored if not math.isnan(score)]
+    if not scored:
+        return None
+    return variants[max(scored, key=lambda pair: (pair[0], -pair[1]))[1]]
+
+
+def _tuned_keys(variants: Sequence[Variant], tune: Sequence[str] | None) -> list[str]:
+    """`tune`, each checked to be a setting of the runs; by default the settings that vary."""
+    keys = list(dict.fromkeys(k for v in variants for k in v.settings))
+    varying = [k for k in keys if len({v.settings.get(k) for v in variants}) > 1]
+    if tune is None:
+        return varying
+    for key in tune:
+        if key not in keys:
+            raise ConfigError(
+                f"--tune {key}: not a setting of these runs; the settings that vary here are "
+                f"{', '.join(varying) or '(none)'}"
+            )
+    return list(tune)
+
+
 def _save(fig: plt.Figure, path: Path, **options: Any) -> None:
     """Write `fig` as a PNG to `path` and close it."""
     try:
@@ -559,13 +669,30 @@ def _unwritable(path: Path, err: OSError) -> ConfigError:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a sweep or run directory")
+    parser.add_argument(
+        "--select",
+        choices=["val"],
+        help="val: per configuration, the tuned setting with the best validation PGR, and its "
+        f"test numbers (written to DIR/{SELECTION})",
+    )
+    parser.add_argument(
+        "--tune",
+        nargs="+",
+        metavar="KEY",
+        help="with --select: the tuned settings (dotted keys); default: every setting that varies",
+    )
     args = parser.parse_args(argv)
+    if args.tune and not args.select:
+        parser.error("--tune names the keys --select val tunes: add --select val")
     try:
-        table = write_report(args.directory)
+        if args.select:
+            table = select_by_validation(args.directory, args.tune)
+        else:
+            table = write_report(args.directory)
     except ConfigError as err:
         refuse(err)
     print(table)
-    print(f"report: {args.directory / 'report.md'}")
+    print(f"report: {args.directory / (SELECTION if args.select else 'report.md')}")
 
 
 if __name__ == "__main__":

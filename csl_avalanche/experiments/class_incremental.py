@@ -41,6 +41,7 @@ from csl_avalanche.experiments.strategy_setup import (
     student_model,
     subdomain_accuracy,
     training_kwargs,
+    validation_accuracy,
 )
 from csl_avalanche.strategies import GroundTruthCeiling
 from csl_avalanche.training.plugins.continual import build_continual_plugins
@@ -94,6 +95,7 @@ class ClassIncrementalScenario:
                 "subdomain": group[0].subdomain,
                 "accuracy": accuracy,
                 **reference.pgr_entry(accuracy, strategy.clock.train_exp_iterations),
+                **reference.validation_entry(strategy, arrivals.val_stream),
                 **metric.summary(),
                 "subdomain_accuracy": subdomain_accuracy(metrics, context.benchmark),
                 "subdomain_forgetting": metric.result(),
@@ -127,7 +129,17 @@ class ClassIncrementalScenario:
         for experience in strategy.levels(benchmark.train_stream):
             strategy.train(experience, eval_streams=[])
         accuracy = strategy.eval(benchmark.test_stream)[STREAM_ACCURACY]
-        context.progress.save_joint(accuracy, strategy.evaluator)
+        val_accuracy = validation_accuracy(strategy, benchmark.val_stream)
+        context.progress.save_joint(accuracy, strategy.evaluator, val_accuracy)
+
+    def _joint_validation(self, progress) -> dict:
+        """`joint_val_accuracy` where there is a validation split: the joint reference's, or
+        for ground truth the ceiling's."""
+        if self._joint_wanted():
+            unit = progress.joint
+        else:
+            unit = progress.ceiling if self.strategy_name == GROUND_TRUTH else {}
+        return {"joint_val_accuracy": unit["val_accuracy"]} if "val_accuracy" in unit else {}
 
     def _strategy(self, context: RunContext, pgr_metric, metric):
         """The configured strategy, logging to tb/<strategy name>; ground truth trains the
@@ -154,6 +166,7 @@ class ClassIncrementalScenario:
             joint = progress.joint["accuracy"]
         return {
             "joint_accuracy": joint,
+            **self._joint_validation(progress),
             "final_accuracy": last["accuracy"],
             "final_average_accuracy": last["average_accuracy"],
             "final_mean_forgetting": last["mean_forgetting"],

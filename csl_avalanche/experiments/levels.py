@@ -1,6 +1,7 @@
 """The paper's protocol (`scenario=levels`): the configured strategy level by level on the
 Avalanche train stream, each level evaluated on the test stream (one experience per finest
-subdomain). A unit of work is a level with its evaluation.
+subdomain). A unit of work is a level with its evaluation (and, with a validation split, its
+evaluation on it: `val_accuracy`, `val_pgr`).
 
 A level's `pgr` is null where it would not mean what it says (`cosupervision.pgr_note`: the
 ceiling is not above the weak accuracy, a class has no pool samples, or no training step ran);
@@ -58,6 +59,7 @@ class LevelsScenario:
                 "num_teachers": experience.num_teachers,
                 "student_accuracy": accuracy,
                 **reference.pgr_entry(accuracy, strategy.clock.train_exp_iterations),
+                **reference.validation_entry(strategy, benchmark.val_stream),
                 "subdomain_accuracy": subdomain_accuracy(metrics, benchmark),
                 **{
                     k: v

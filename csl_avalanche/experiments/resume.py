@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import torch
 
-from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.features import VAL_FIELDS, FeatureSet
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.inert_settings import without_inert_settings
 from csl_avalanche.distributed import is_main, main_only
@@ -84,6 +84,8 @@ def inputs_identity(features: FeatureSet) -> str:
     fields = []
     for field in dataclasses.fields(features):
         value = getattr(features, field.name)
+        if field.name in VAL_FIELDS and value is None:
+            continue  # no validation split: the identity of a run made before there was one
         if isinstance(value, torch.Tensor):
             value = [list(value.shape), str(value.dtype), [fingerprint(c) for c in _chunks(value)]]
         fields.append([field.name, value])
@@ -293,12 +295,18 @@ class RunProgress:
                 )
         return " and ".join(parts) + " done"
 
-    def save_ceiling(self, accuracy: float, steps: int, evaluator: Any) -> None:
-        self.state["ceiling"] = {"accuracy": accuracy, "steps": steps, **self.layout}
+    def save_ceiling(
+        self, accuracy: float, steps: int, evaluator: Any, val_accuracy: float | None = None
+    ) -> None:
+        """`val_accuracy`: on the validation split, where there is one (None: not recorded)."""
+        record = {"accuracy": accuracy, "steps": steps, **_validation(val_accuracy)}
+        self.state["ceiling"] = {**record, **self.layout}
         self._save(evaluator)
 
-    def save_joint(self, accuracy: float, evaluator: Any) -> None:
-        self.state["joint"] = {"accuracy": accuracy, **self.layout}
+    def save_joint(
+        self, accuracy: float, evaluator: Any, val_accuracy: float | None = None
+    ) -> None:
+        self.state["joint"] = {"accuracy": accuracy, **_validation(val_accuracy), **self.layout}
         self._save(evaluator)
 
     def save_level(self, result: dict, train_seconds: float, strategy: Any) -> None:
@@ -360,6 +368,11 @@ class RunProgress:
         for path in old:
             shutil.move(path, aside / path.name)
         log.info("moved an earlier run's files to %s: %s", aside, why)
+
+
+def _validation(val_accuracy: float | None) -> dict:
+    """A unit's record of its validation accuracy: none without a validation split."""
+    return {} if val_accuracy is None else {"val_accuracy": val_accuracy}
 
 
 def _flush(logger: Any) -> None:

@@ -23,6 +23,7 @@ from csl_avalanche import distributed
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.registry import SourceContext, build_features
 from csl_avalanche.benchmarks.streams import CSLBenchmark, make_csl_benchmark
+from csl_avalanche.benchmarks.validation import with_validation
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.experiments.checks import (
     RESULTS,
@@ -42,6 +43,7 @@ from csl_avalanche.experiments.strategy_setup import (
     seed_everything,
     student_model,
     training_kwargs,
+    validation_accuracy,
 )
 from csl_avalanche.storage.atomic import unwritable_because, write_atomically
 from csl_avalanche.storage.shared_cache import SharedTensorCache
@@ -103,7 +105,11 @@ def _continue(settings: RunSettings, config: dict, run_dir: Path, progress: RunP
         progress=settings.progress,
         cache_dir=Path(settings.cache_dir),
     )
-    features = build_features(settings.source, context)
+    features = with_validation(
+        build_features(settings.source, context),
+        settings.source.benchmark.val_fraction,
+        settings.seed,
+    )
     check_against_data(
         settings,
         pool_size=len(features.train_y),
@@ -113,7 +119,7 @@ def _continue(settings: RunSettings, config: dict, run_dir: Path, progress: RunP
     distributed.main_only(lambda: progress.check_inputs(inputs_identity(features)))
     benchmark = make_csl_benchmark(features)
     scenario = SCENARIOS[settings.scenario.name](settings, features)  # checked against the data
-    weak = teacher_test_accuracy(benchmark, teacher=0)
+    weak = teacher_accuracy(features, "test", teacher=0)
     if progress.ceiling is None:
         _run_ceiling(settings, benchmark, device, run_dir, progress)
     reference = Reference(
@@ -121,6 +127,8 @@ def _continue(settings: RunSettings, config: dict, run_dir: Path, progress: RunP
         ceiling=progress.ceiling["accuracy"],
         ceiling_steps=progress.ceiling["steps"],
         missing_classes=missing_classes(features),
+        val_weak=teacher_accuracy(features, "val", 0) if features.has_validation else None,
+        val_ceiling=progress.ceiling.get("val_accuracy"),
     )
     scenario_results = scenario.run(
         RunContext(settings, benchmark, device, run_dir, progress, reference)
@@ -130,6 +138,7 @@ def _continue(settings: RunSettings, config: dict, run_dir: Path, progress: RunP
         "weak_accuracy": weak,
         "ceiling_accuracy": reference.ceiling,
         **scenario_results,
+        **reference.validation_summary(*_last_stage(scenario_results)),
         "seed": settings.seed,
         # The ceiling's; each level (arrival) records its own, which differ only in a run
         # resumed with another process count or device.
@@ -173,16 +182,25 @@ def restore_results(path: Path, results: dict) -> None:
         write_results(path, results)
 
 
-def teacher_test_accuracy(benchmark: CSLBenchmark, teacher: int, chunk_size: int = 65536) -> float:
-    """Accuracy of one teacher's argmax on the whole test split (teacher 0: the generalist),
-    its outputs read `chunk_size` rows at a time."""
-    features = benchmark.features
+def _last_stage(scenario_results: dict) -> tuple[dict, str]:
+    """The last level (or arrival) of a scenario's results, and the key of its test accuracy."""
+    if "arrivals" in scenario_results:
+        return scenario_results["arrivals"][-1], "accuracy"
+    return scenario_results["levels"][-1], "student_accuracy"
+
+
+def teacher_accuracy(
+    features: FeatureSet, split: str, teacher: int, chunk_size: int = 65536
+) -> float:
+    """Accuracy of one teacher's argmax on a whole split (test, or val; teacher 0: the
+    generalist), its outputs read `chunk_size` rows at a time."""
+    labels = getattr(features, f"{split}_y")
     correct = torch.zeros(())  # float32, as the mean of a float tensor would count
-    for start in range(0, len(features.test_y), chunk_size):
+    for start in range(0, len(labels), chunk_size):
         rows = slice(start, start + chunk_size)
-        predictions = features.teacher_probs("test", [teacher], rows)[0].argmax(dim=1)
-        correct += (predictions == features.test_y[rows]).float().sum()
-    return (correct / len(features.test_y)).item()
+        predictions = features.teacher_probs(split, [teacher], rows)[0].argmax(dim=1)
+        correct += (predictions == labels[rows]).float().sum()
+    return (correct / len(labels)).item()
 
 
 def _run_ceiling(
@@ -204,4 +222,5 @@ def _run_ceiling(
     strategy.train(benchmark.ceiling_stream[0], eval_streams=[])
     steps = strategy.clock.train_exp_iterations
     accuracy = strategy.eval(benchmark.test_stream)[STREAM_ACCURACY]
-    progress.save_ceiling(accuracy, steps, strategy.evaluator)
+    val_accuracy = validation_accuracy(strategy, benchmark.val_stream)
+    progress.save_ceiling(accuracy, steps, strategy.evaluator, val_accuracy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from csl_avalanche.training.plugins.progress import EpochProgressPlugin
 
 STRATEGIES = {"csl": CSLStrategy, "w2s": WeakToStrong}
 STREAM_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"
+VAL_ACCURACY = "Top1_Acc_Stream/eval_phase/val_stream"
 
 
 def seed_everything(seed: int) -> None:
@@ -130,6 +132,11 @@ def make_strategy(
         **loss_kwargs(settings),
         **training_kwargs(settings, device),
     )
+
+
+def validation_accuracy(strategy: Any, stream: Any) -> float | None:
+    """`strategy`'s accuracy on the validation `stream`; None where there is none."""
+    return None if stream is None else strategy.eval(stream)[VAL_ACCURACY]
 
 
 def subdomain_accuracy(metrics: dict, benchmark: CSLBenchmark) -> dict[str, float]:
