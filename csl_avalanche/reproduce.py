@@ -152,12 +152,18 @@ def _lacks(need: str) -> str | None:
     if need == "wordnet":
         if WORDNET.is_dir() and importlib.util.find_spec("sentence_transformers"):
             return None
-        return f"WordNet in {WORDNET} and the text extra (apt-get install wordnet-base; pip install '.[text]')"
+        return (
+            f"WordNet in {WORDNET} and the text extra "
+            "(apt-get install wordnet-base; pip install '.[text]')"
+        )
     if need == "cuda":
         import torch
 
         return None if torch.cuda.is_available() else "a CUDA GPU"
-    raise ConfigError(f"the manifest names an unknown need {need!r}; use repository, fashion-mnist, wordnet or cuda")
+    raise ConfigError(
+        f"the manifest names an unknown need {need!r}; "
+        "use repository, fashion-mnist, wordnet or cuda"
+    )
 
 
 def load_manifest(path: Path = MANIFEST) -> dict[str, Entry]:
@@ -308,24 +314,32 @@ def doc_table(lines: list[str], header: str) -> list[list[str]]:
     """A table as rows of cells, header first: the markdown table whose first header cell is
     `header`, or the table in a code block (a command's output, cells split at whitespace) whose
     header line starts with `header`."""
-    in_code = False
-    for start, line in enumerate(lines):
-        in_code ^= line.startswith("```")
-        markdown = line.startswith("|")
-        if markdown and line.strip().strip("|").split("|")[0].strip() == header:
-            break
-        if in_code and header and line.startswith(header):
-            break
-    else:
-        raise ConfigError(f"no table starting {header!r}")
+    start = _table_start(lines, header)
+    markdown = lines[start].startswith("|")
     rows = []
     for line in lines[start:]:
         if not line.strip() or line.startswith("```") or (markdown and not line.startswith("|")):
             break
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if markdown else line.split()
+        cells = _markdown_cells(line) if markdown else line.split()
         if not all(set(c) <= set("-: ") for c in cells):  # a separator line
             rows.append([c.replace("**", "") for c in cells])
     return rows
+
+
+def _table_start(lines: list[str], header: str) -> int:
+    """The index of the table's header line (doc_table)."""
+    in_code = False
+    for index, line in enumerate(lines):
+        in_code ^= line.startswith("```")
+        if line.startswith("|") and _markdown_cells(line)[0] == header:
+            return index
+        if in_code and header and line.startswith(header):
+            return index
+    raise ConfigError(f"no table starting {header!r}")
+
+
+def _markdown_cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
 def doc_mismatches(entry: Entry, docs: Path) -> list[str]:
@@ -378,7 +392,7 @@ def doc_tables(text: str) -> Iterator[tuple[str, str]]:
         elif not in_code and line.startswith("#"):
             section = line.lstrip("#").strip()
         elif not in_code and line.startswith("|") and not previous.startswith("|"):
-            yield section, line.strip().strip("|").split("|")[0].strip()
+            yield section, _markdown_cells(line)[0]
         elif in_code and line.startswith("level teachers teacher_acc"):
             yield section, "level teachers teacher_acc"
         previous = line
@@ -436,8 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check-only", action="store_true",
                         help="run nothing: check the runs already in OUT/NAME")  # fmt: skip
     parser.add_argument("--check-docs", action="store_true",
-                        help="run nothing: check the docs' tables against the manifest")  # fmt: skip
-    parser.add_argument("--manifest", type=Path, default=MANIFEST, help=argparse.SUPPRESS)
+                        help="run nothing: check the docs against the manifest")  # fmt: skip
+    parser.add_argument("--manifest", type=Path, default=MANIFEST,
+                        help="another manifest (default: the package's)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         entries = load_manifest(args.manifest)
