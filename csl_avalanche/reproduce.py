@@ -116,7 +116,12 @@ class Entry:
                 source = _source(row.get("keys", {}).get(column, columns[column]), ident)
                 yield self._number(f"{row['label']} | {column}", shown, source, row)
         for item in self.spec.get("inline", []):
-            yield self._number(item["text"], item["shown"], _source(item, ""), item)
+            shown = _inline_shown(item)
+            kind = "key" if "key" in item else "output"
+            sources = item[kind] if isinstance(item[kind], list) else [item[kind]]
+            for index, (number, source) in enumerate(zip(shown, sources, strict=True)):
+                where = _fill(item["text"], [*shown[:index], "{}", *shown[index + 1 :]])
+                yield self._number(where, number, {kind: source}, item)
 
     def _number(self, where: str, shown: str, source: dict, part: dict) -> Number:
         return Number(
@@ -127,6 +132,20 @@ class Entry:
             select=part.get("where", {}),
             scale=float(self.spec.get("scale", 1)),
         )
+
+
+def _inline_shown(item: dict) -> list[str]:
+    """An inline item's shown numbers, one per `{}` of its text."""
+    shown = item.get("shown", [])
+    shown = shown if isinstance(shown, list) else [shown]
+    return [str(number) for number in shown]
+
+
+def _fill(text: str, shown: list[str]) -> str:
+    """`text` with its `{}` replaced by the shown numbers, in order."""
+    for number in shown:
+        text = text.replace("{}", number, 1)
+    return text
 
 
 def _source(spec: str | dict, ident: str) -> dict:
@@ -172,7 +191,41 @@ def load_manifest(path: Path = MANIFEST) -> dict[str, Entry]:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: not a readable manifest ({err})") from None
-    return {name: Entry(name, spec) for name, spec in data["entries"].items()}
+    try:
+        entries = {name: Entry(name, spec) for name, spec in data["entries"].items()}
+    except (TypeError, AttributeError, KeyError):
+        raise ConfigError(f"{path}: not a manifest (no `entries:` of named entries)") from None
+    for entry in entries.values():
+        if fault := _fault(entry.spec):
+            raise ConfigError(f"{path}: entry {entry.name}: {fault}")
+    return entries
+
+
+REQUIRED = ("title", "doc", "section", "table", "commands", "cost_s", "needs", "machine",
+            "measured", "tolerance")  # fmt: skip
+
+
+def _fault(spec: dict) -> str | None:
+    """What an entry of the manifest lacks or holds malformed (docs/reproduce.md), or None."""
+    if missing := [key for key in REQUIRED if key not in spec]:
+        return f"no {', '.join(missing)}"
+    for row in spec.get("rows", []):
+        if len(row.get("shown", [])) != len(spec.get("columns", {})):
+            return (
+                f"row {row.get('label')!r} shows {len(row.get('shown', []))} numbers for "
+                f"{len(spec.get('columns', {}))} columns"
+            )
+    shown = [s for row in spec.get("rows", []) for s in row["shown"] if s not in (None, "")]
+    for item in spec.get("inline", []):
+        kind = item.get("key", item.get("output"))
+        sources = kind if isinstance(kind, list) else [kind]
+        if not item.get("text", "").count("{}") == len(_inline_shown(item)) == len(sources):
+            return f"inline {item.get('text')!r}: not one shown number and one source per {{}}"
+        shown += _inline_shown(item)
+    for text in shown:
+        if not SHOWN.match(str(text).replace("−", "-").strip()):
+            return f"shows {text!r}, which is not a number"
+    return None
 
 
 def not_measured(path: Path = MANIFEST) -> list[dict]:
@@ -261,11 +314,6 @@ def format_measured(measured: Measured) -> str:
 
 def reproduce(entry: Entry, folder: Path, check_only: bool) -> bool:
     """Run (unless `check_only`) and check one entry; print its comparison; True if all pass."""
-    if not check_only and folder.exists() and any(folder.iterdir()):
-        raise ConfigError(
-            f"{folder} is not empty; remove it, give another --out, or add --check-only to "
-            "check the runs already there"
-        )
     printed, failure = "", None
     if check_only:
         printed = "".join(p.read_text() for p in sorted(folder.glob("command-*.log")))
@@ -356,7 +404,7 @@ def doc_mismatches(entry: Entry, docs: Path) -> list[str]:
     for item in spec.get("inline", []):
         doc = item.get("doc", spec["doc"])
         lines = doc_section((docs / doc).read_text(), item.get("section", spec["section"]))
-        wanted = item["text"].replace("{}", str(item["shown"]))
+        wanted = _fill(item["text"], _inline_shown(item))
         if wanted not in " ".join(" ".join(lines).split()):
             faults.append(f"{entry.name}: {doc} does not say {wanted!r}")
     return faults
@@ -464,18 +512,31 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(faults) or f"the docs agree with the manifest ({len(entries)} entries)")
             raise SystemExit(1 if faults else 0)
         chosen = _choose(entries, args)
+        if not args.check_only:
+            _check_empty([args.out / entry.name for entry in chosen])
     except ConfigError as err:
         refuse(err)
     outcomes = []
     for entry in chosen:
         try:
             outcomes.append(reproduce(entry, args.out / entry.name, args.check_only))
-        except ConfigError as err:
+        except ConfigError as err:  # a results.json that cannot be read
             refuse(ConfigError(f"{entry.name}: {err}"))
     failed = [entry.name for entry, ok in zip(chosen, outcomes, strict=True) if not ok]
     print(f"\n{len(chosen) - len(failed)} of {len(chosen)} entries reproduced"
           + (f"; failed: {', '.join(failed)}" if failed else ""))  # fmt: skip
     raise SystemExit(1 if failed else 0)
+
+
+def _check_empty(folders: list[Path]) -> None:
+    """Refuse, before running anything, an output folder that holds files: its old runs would
+    be counted with the new ones."""
+    for folder in folders:
+        if folder.exists() and any(folder.iterdir()):
+            raise ConfigError(
+                f"{folder} is not empty; remove it, give another --out, or add --check-only to "
+                "check the runs already there"
+            )
 
 
 def _choose(entries: dict[str, Entry], args: argparse.Namespace) -> list[Entry]:

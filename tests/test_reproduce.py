@@ -64,7 +64,7 @@ def test_a_wrong_expected_number_fails_and_is_named(default_runs, tmp_path):
 def test_an_output_folder_in_use_is_refused(default_runs):
     done = _reproduce("default", "--out", "runs", cwd=default_runs)
     assert done.returncode == 2
-    assert done.stderr.startswith("error: default: ") and "is not empty" in done.stderr
+    assert done.stderr.startswith("error: runs/default is not empty; remove it")
     assert "Traceback" not in done.stderr
 
 
@@ -111,12 +111,15 @@ def test_a_row_averages_the_runs_it_selects(tmp_path):
     entry = reproduce.Entry("t", {
         "tolerance": 0, "scale": 100, "runs": "sweep", "columns": {"PGR": "levels.0.pgr"},
         "rows": [{"label": "hard", "where": {"strategy.labels": "hard"}, "shown": ["35.0 ± 7.1"]},
-                 {"label": "soft", "where": {"strategy.labels": "soft"}, "shown": ["90.1"]}],
+                 {"label": "soft", "where": {"strategy.labels": "soft"}, "shown": ["90.1"]},
+                 {"label": "spread", "where": {"strategy.labels": "hard"},
+                  "shown": ["35.0 ± 7.3"]}],
         "inline": [{"text": "weak {}", "shown": "0.5", "key": "weak_accuracy"}],
     })  # fmt: skip
-    hard, soft, weak = (reproduce.measure(n, tmp_path, "") for n in entry.numbers())
+    hard, soft, spread, weak = (reproduce.measure(n, tmp_path, "") for n in entry.numbers())
     assert (hard.mean, round(hard.std, 4), hard.passed) == (pytest.approx(35.0), 7.0711, True)
     assert (soft.mean, soft.passed) == (pytest.approx(90.0), False)  # 90.0 is not 90.1 ± 0.05
+    assert not spread.passed  # the spread, 7.07, is not 7.3 ± 0.05
     assert reproduce.format_measured(hard) == "35.0 ± 7.1"
     assert not weak.passed  # the entry's scale (100) applies to every number: 50, not 0.5
 
@@ -169,3 +172,34 @@ def test_a_new_table_of_measurements_must_be_added_to_the_manifest(tmp_path):
     assert reproduce.uncovered_tables(ENTRIES, docs) == [
         "docs/forgetting.md: 'New study', table 'variant'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("change", "fault"),
+    [
+        (lambda e: e.pop("tolerance"), "entry default: no tolerance"),
+        (lambda e: e["rows"][0]["shown"].pop(), "entry default: row '0' shows 3 numbers for 4"),
+        (lambda e: e["inline"][0].update(shown="n/a"), "entry default: shows 'n/a', which is not"),
+        (lambda e: e["inline"][0].update(shown=["0.7", "0.9"]), "entry default: inline 'weak"),
+    ],
+)
+def test_a_malformed_manifest_is_a_clean_error(tmp_path, capsys, change, fault):
+    manifest = yaml.safe_load(reproduce.MANIFEST.read_text())
+    change(manifest["entries"]["default"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(manifest, allow_unicode=True))
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main(["--manifest", str(bad), "--list"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: {fault}") and err.count("\n") == 1
+
+
+def test_list_shows_each_entry_with_its_cost_and_what_it_lacks_here(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(reproduce, "WORDNET", tmp_path / "absent")
+    reproduce.main(["--list"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert list(lines) == list(ENTRIES)
+    assert "~   40 s cheap README.md: What a run does" in lines["default"]
+    assert "~ 40 min long" in lines["class-incremental-fashion-mnist"]
+    assert "[cannot run here: needs WordNet in" in lines["text-wordnet-levels"]
