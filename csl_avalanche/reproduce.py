@@ -316,6 +316,8 @@ def reproduce(entry: Entry, folder: Path, check_only: bool) -> bool:
     """Run (unless `check_only`) and check one entry; print its comparison; True if all pass."""
     printed, failure = "", None
     if check_only:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} does not exist; run the entry without --check-only first")
         printed = "".join(p.read_text() for p in sorted(folder.glob("command-*.log")))
     else:
         printed, failure = run_entry(entry, folder)
