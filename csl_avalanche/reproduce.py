@@ -121,6 +121,7 @@ class Entry:
             sources = item[kind] if isinstance(item[kind], list) else [item[kind]]
             for index, (number, source) in enumerate(zip(shown, sources, strict=True)):
                 where = _fill(item["text"], [*shown[:index], "{}", *shown[index + 1 :]])
+                where = f"{item['doc']}: {where}" if "doc" in item else where
                 yield self._number(where, number, {kind: source}, item)
 
     def _number(self, where: str, shown: str, source: dict, part: dict) -> Number:
