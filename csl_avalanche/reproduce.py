@@ -144,9 +144,8 @@ def _inline_shown(item: dict) -> list[str]:
 
 def _fill(text: str, shown: list[str]) -> str:
     """`text` with its `{}` replaced by the shown numbers, in order."""
-    for number in shown:
-        text = text.replace("{}", number, 1)
-    return text
+    first, *rest = text.split("{}")
+    return first + "".join(number + after for number, after in zip(shown, rest, strict=True))
 
 
 def _source(spec: str | dict, ident: str) -> dict:

@@ -135,6 +135,13 @@ def test_a_printed_number_and_a_relative_tolerance():
     assert reproduce.measure(number, Path("."), "nothing printed").mean is None
 
 
+def test_each_number_of_an_inline_text_is_named_by_its_place():
+    readme = [n.where_shown for n in ENTRIES["default"].numbers() if n.where_shown[:6] == "README"]
+    assert readme[1] == (
+        "README.md: PGR 0.388 / {} / 0.627 with 1 / 2 / 5 teachers (weak 0.7660, ceiling 0.9526)"
+    )
+
+
 @pytest.mark.parametrize("name", list(ENTRIES))
 def test_every_entry_shows_the_numbers_of_its_doc_table(name):
     assert reproduce.doc_mismatches(ENTRIES[name], REPO) == []
