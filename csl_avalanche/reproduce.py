@@ -448,11 +448,11 @@ def doc_tables(text: str) -> Iterator[tuple[str, str]]:
         previous = line
 
 
-def uncovered_tables(entries: dict[str, Entry], docs: Path) -> list[str]:
+def uncovered_tables(entries: dict[str, Entry], docs: Path, manifest: Path = MANIFEST) -> list[str]:
     """The tables of README.md and docs/*.md that no entry backs and the manifest does not
     list as holding no measurements."""
     known = {(e.spec["doc"], e.spec["section"], e.spec["table"]) for e in entries.values()}
-    known |= {(t["doc"], t["section"], t["table"]) for t in not_measured()}
+    known |= {(t["doc"], t["section"], t["table"]) for t in not_measured(manifest)}
     pages = [docs / "README.md", *sorted((docs / "docs").glob("*.md"))]
     return [
         f"{page.relative_to(docs)}: {section!r}, table {header!r}"
@@ -462,12 +462,13 @@ def uncovered_tables(entries: dict[str, Entry], docs: Path) -> list[str]:
     ]
 
 
-def check_docs(entries: dict[str, Entry]) -> list[str]:
+def check_docs(entries: dict[str, Entry], manifest: Path) -> list[str]:
     """Every disagreement between the docs of this clone and the manifest."""
     if not (REPOSITORY / "docs").is_dir():
         raise ConfigError("--check-docs reads the docs of a clone; run it from the repository")
     faults = [fault for entry in entries.values() for fault in doc_mismatches(entry, REPOSITORY)]
-    return faults + [f"not in the manifest: {t}" for t in uncovered_tables(entries, REPOSITORY)]
+    uncovered = uncovered_tables(entries, REPOSITORY, manifest)
+    return faults + [f"not in the manifest: {table}" for table in uncovered]
 
 
 # --- the command line --------------------------------------------------------------------
@@ -510,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
             list_entries(entries)
             return
         if args.check_docs:
-            faults = check_docs(entries)
+            faults = check_docs(entries, args.manifest)
             print("\n".join(faults) or f"the docs agree with the manifest ({len(entries)} entries)")
             raise SystemExit(1 if faults else 0)
         chosen = _choose(entries, args)

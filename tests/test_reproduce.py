@@ -211,3 +211,10 @@ def test_list_shows_each_entry_with_its_cost_and_what_it_lacks_here(monkeypatch,
     assert "~   40 s cheap README.md: What a run does" in lines["default"]
     assert "~ 40 min long" in lines["class-incremental-fashion-mnist"]
     assert "[cannot run here: needs WordNet in" in lines["text-wordnet-levels"]
+
+
+def test_check_docs_says_the_docs_agree(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main(["--check-docs"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"the docs agree with the manifest ({len(ENTRIES)} entries)\n"
