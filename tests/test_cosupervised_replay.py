@@ -67,9 +67,10 @@ def test_the_buffer_holds_rows_of_each_earlier_arrival_within_its_share_of_the_b
     plugin = csl_replay(mem_size=10, batch_size_mem=4)
     snapshots = run_stream(features, plugin)
     benchmark = make_arrival_benchmark(features, [0, 1, 2])
-    for seen, rows in enumerate(snapshots, start=1):
+    shares = [[10], [5, 5], [4, 3, 3]]  # 10 rows over the arrivals seen, the first first
+    for seen, (rows, sizes) in enumerate(zip(snapshots, shares, strict=True), start=1):
         assert sorted(rows) == list(range(seen))
-        for arrival, size in zip(sorted(rows), group_sizes(10, seen), strict=True):
+        for arrival, size in zip(sorted(rows), sizes, strict=True):
             assert len(rows[arrival]) == size  # each arrival has 60 samples: its whole share
             samples = benchmark.arrivals[arrival].samples
             assert (
