@@ -13,6 +13,8 @@ from conftest import make_feature_set
 
 from csl_avalanche.benchmarks.arrivals import by_arrival, make_arrival_benchmark
 from csl_avalanche.benchmarks.features import FeatureSet
+from csl_avalanche.benchmarks.streams import make_csl_benchmark
+from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.strategies import CSLStrategy
 from csl_avalanche.training.plugins.continual import CSL_REPLAY, build_continual_plugins
@@ -177,3 +179,10 @@ def test_distill_zero_adds_no_term_and_a_weight_adds_weight_times_the_mse():
             assert {a: len(v) for a, v in logits.items()} == {
                 a: len(r) for a, r in plugin.rows.items()
             }
+
+
+def test_a_level_of_the_levels_protocol_is_refused_with_a_clean_error():
+    """Through the Python API (the command line refuses it up front, with the settings)."""
+    level = make_csl_benchmark(hand_made_features()).train_stream[1]
+    with pytest.raises(ConfigError, match="level 1 is no arrival of the class-incremental"):
+        csl_replay().before_training_exp(SimpleNamespace(experience=level))

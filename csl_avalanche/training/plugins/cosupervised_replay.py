@@ -40,6 +40,7 @@ from collections.abc import Iterator
 import torch
 from avalanche.core import SupervisedPlugin
 
+from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.models.fit import predict
 from csl_avalanche.training.loader import dataset_columns
 
@@ -117,6 +118,12 @@ class CoSupervisedReplayPlugin(SupervisedPlugin):
         samples in every batch."""
         self.loader, self.memory_logits = None, None
         experience = strategy.experience
+        if not hasattr(experience, "rehearsal"):
+            raise ConfigError(
+                f"co-supervised replay rehearses earlier arrivals with their teachers, but "
+                f"{getattr(experience, 'label', 'this experience')} is no arrival of the "
+                "class-incremental stream (benchmarks.arrivals); use it there, or replay"
+            )
         rows = self.buffered(experience.arrival)
         if not len(rows):
             return
