@@ -137,7 +137,7 @@ def test_help_lists_the_groups_and_every_setting_with_its_description():
 
     text = settings_help(["benchmark=cifar100", "plugins=[ewc]"])
     assert "  benchmark  cifar100, digits, domainnet, fashion_mnist, features, imagefolder" in text
-    assert "  plugins    ewc, lwf, replay" in text
+    assert "  plugins    csl_replay, ewc, lwf, replay" in text
     lines = text.splitlines()
     assert any(
         line.startswith("  strategy.epochs=20 ") and "epochs per level" in line for line in lines
