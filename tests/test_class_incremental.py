@@ -351,23 +351,36 @@ def test_w2s_and_ground_truth_arrival_by_arrival(csl_run, plugins):
     assert truth["final_average_accuracy"] > 0.6  # it learned (chance 1/6)
 
 
+@pytest.mark.parametrize(
+    "plugins",
+    [
+        ("plugins=[replay]",),
+        (
+            "plugins=[csl_replay]",
+            "plugins.csl_replay.mem_size=30",
+            "plugins.csl_replay.distill=0.5",
+        ),
+    ],
+    ids=["replay", "csl_replay"],
+)
 def test_a_run_that_crashed_in_arrival_2_resumes_with_the_same_results(
-    csl_run, monkeypatch, tmp_path
+    csl_run, monkeypatch, tmp_path, plugins
 ):
     _, overrides, expected = csl_run
+    overrides = (*overrides, *plugins)
     cache = csl_run[0] / "cache"
     crash_on_call(monkeypatch, incremental, "subdomain_accuracy", 3)  # at arrival 2
     run_dir = tmp_path / "run"
-    crashed = cli(run_dir, *overrides, "plugins=[replay]", cache_dir=cache)
+    crashed = cli(run_dir, *overrides, cache_dir=cache)
     assert crashed.code != 0 and "simulated crash" in crashed.err
     saved = torch.load(run_dir / CHECKPOINT, weights_only=True)
     assert [a["arrival"] for a in saved["arrivals"]] == [0, 1]
     assert saved["joint"] is not None
     monkeypatch.undo()
 
-    resumed = cli(run_dir, *overrides, "plugins=[replay]", cache_dir=cache)
+    resumed = cli(run_dir, *overrides, cache_dir=cache)
     assert resumed.code == 0, resumed.err
-    whole = cli(tmp_path / "whole", *overrides, "plugins=[replay]", cache_dir=cache)
+    whole = cli(tmp_path / "whole", *overrides, cache_dir=cache)
     assert whole.code == 0, whole.err
     read = [json.loads((d / "results.json").read_text()) for d in (run_dir, tmp_path / "whole")]
     assert without_timings(read[0]) == without_timings(read[1])
@@ -417,6 +430,11 @@ def test_a_finetuned_image_student_learns_arrival_by_arrival(tmp_path):
         (["scenario=class_incremental", "scenario.order=first"], ["scenario.order", "'first'"]),
         (["scenario=class_incremental", "scenario.joint_reference=1"], ["joint_reference"]),
         (["scenario.name=sideways"], ["scenario.name must be one of levels, class_incremental"]),
+        (["plugins=[csl_replay]"], ["plugins.csl_replay", "scenario=class_incremental"]),
+        (
+            ["scenario=class_incremental", "strategy=ground_truth", "plugins=[csl_replay]"],
+            ["plugins.csl_replay", "no teachers", "plugins=[replay]"],
+        ),
     ],
 )
 def test_settings_the_scenario_refuses_up_front(tmp_path, overrides, phrases):

@@ -1,6 +1,7 @@
-"""No ground-truth label of the pool reaches a replay buffer, EWC's Fisher pass, LwF's class
-bookkeeping or a training loss, in the levels scenario and in the class-incremental one (whose
-stream is cut by the pool's classes, but labelled by teachers only).
+"""No ground-truth label of the pool reaches a replay buffer (Avalanche's, or co-supervised
+replay's), EWC's Fisher pass, LwF's class bookkeeping or a training loss, in the levels
+scenario and in the class-incremental one (whose stream is cut by the pool's classes, but
+labelled by teachers only).
 
 The pool's ground truth is rewritten so that, for every sample, it differs from the label of
 every teacher; each label the student's machinery sees is traced back to its sample by the
@@ -25,7 +26,8 @@ from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
 from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling
-from csl_avalanche.training.plugins.continual import build_continual_plugins
+from csl_avalanche.training.plugins.continual import CSL_REPLAY, build_continual_plugins
+from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin
 
 
 def ground_truth_apart_from_teachers() -> FeatureSet:
@@ -222,3 +224,32 @@ def test_the_audit_catches_ground_truth(stream):
             strategy.train(experience, eval_streams=[])
     n = len(features.train_y)
     assert loss.hits == n and experiences.hits == 2 * n
+
+
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_no_ground_truth_reaches_the_cosupervised_replay_buffer_or_its_batches(labels, monkeypatch):
+    """Co-supervised replay keeps pool rows only (and, with distill, logits), and its memory
+    samples, relabelled by the teachers at every phase, carry no ground truth."""
+    features = ground_truth_apart_from_teachers()
+    audit = LabelAudit(features)
+    loss, experiences = LossProbe(audit), ExperienceProbe(audit)
+    (replay,) = build_continual_plugins(
+        {"csl_replay": {"_target_": CSL_REPLAY, "mem_size": 20, "batch_size_mem": 4, "distill": 1}}
+    )
+    rehearsed = []
+    relabel = CoSupervisionPlugin.relabel
+
+    def audited_relabel(self, strategy, experience):  # the buffer's relabelled samples
+        results, keep = relabel(self, strategy, experience)
+        if experience.label.endswith("rehearsed rows"):
+            rehearsed.append(audit.dataset_hits(experience.dataset))
+        return results, keep
+
+    monkeypatch.setattr(CoSupervisionPlugin, "relabel", audited_relabel)
+    run_arrivals(features, labels=labels, probes=(replay, loss, experiences))
+    assert loss.batches > 0 and loss.hits == 0 and experiences.hits == 0
+    assert len(rehearsed) == 2 and rehearsed == [0, 0]  # both phases of arrival 1
+    state = replay.state_dict()
+    assert set(state) == {"rows", "logits"} and sorted(state["rows"]) == [0, 1]
+    assert all(rows.dtype == torch.long for rows in state["rows"].values())
+    assert all(logits.is_floating_point() for logits in state["logits"].values())

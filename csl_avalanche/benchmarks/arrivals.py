@@ -127,8 +127,24 @@ class ArrivalExperience(TeacherExperience):
             samples=arrival.samples,
         )
         self.arrival = arrival.index
+        self.arrived = arrival
         self.subdomain = subdomain
         self.phase = phase
+
+    def rehearsal(self, samples: torch.Tensor, *, routed: bool) -> TeacherExperience:
+        """Pool rows `samples` of earlier arrivals seen, whatever this phase, through the
+        generalist and every arrived specialist, routed by the student (`routed`), or through
+        the generalist alone: what co-supervised replay relabels its buffer with."""
+        teachers, owner = phase_teachers(self.arrived, "routed" if routed else "generalist")
+        return TeacherExperience(
+            features=self.features,
+            teachers=teachers,
+            owner=owner,
+            routed=routed,
+            stage=self.stage,
+            label=f"{self.label}, rehearsed rows",
+            samples=samples,
+        )
 
 
 class GroundTruthArrival(DatasetExperience):

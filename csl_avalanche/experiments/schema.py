@@ -47,6 +47,7 @@ from csl_avalanche.core.rules import (
     whole,
 )
 from csl_avalanche.training.plugins.continual import (
+    CSL_REPLAY,
     KNOWN_ARGUMENTS,
     OWN_LOADER,
     TARGET,
@@ -153,6 +154,20 @@ class RunSettings:
                 "scenario=class_incremental; in the levels scenario the student on ground truth "
                 "is the ceiling, reported as ceiling_accuracy"
             )
+        for spec in self.plugins.values():
+            if spec.target == CSL_REPLAY and (
+                scenario != "class_incremental" or strategy == GROUND_TRUTH
+            ):
+                raise ConfigError(
+                    f"plugins.{spec.name} (co-supervised replay) relabels earlier arrivals' "
+                    f"samples with the teachers, but scenario={scenario} strategy={strategy} "
+                    + (
+                        "has no teachers; use plugins=[replay]"
+                        if strategy == GROUND_TRUTH
+                        else "relabels the whole pool at every level; use it with "
+                        "scenario=class_incremental"
+                    )
+                )
         if self.strategy.reassign_every is not None:
             if strategy != "csl":
                 raise ConfigError(

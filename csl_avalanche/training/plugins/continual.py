@@ -76,16 +76,32 @@ class LwFSettings:
     temperature: float = setting(POSITIVE, "softmax temperature of the distillation", default=2.0)
 
 
+@dataclass(frozen=True)
+class CoSupervisedReplaySettings:
+    mem_size: int = setting(whole(1), "pool rows kept over all earlier arrivals", default=200)
+    batch_size_mem: int | None = setting(
+        optional(whole(1)), "memory samples per batch; null: strategy.batch_size", default=None
+    )
+    distill: float = setting(
+        NON_NEGATIVE,
+        "weight of the MSE to the logits stored with each row (DER); 0: off",
+        default=0.0,
+    )
+
+
+CSL_REPLAY = "csl_avalanche.training.plugins.cosupervised_replay.CoSupervisedReplayPlugin"
+
 # The arguments of the plugin classes we ship a config file for, by `_target_`.
 KNOWN_ARGUMENTS: dict[str, type] = {
     "avalanche.training.plugins.ReplayPlugin": ReplaySettings,
     "avalanche.training.plugins.EWCPlugin": EWCSettings,
     "avalanche.training.plugins.LwFPlugin": LwFSettings,
+    CSL_REPLAY: CoSupervisedReplaySettings,
 }
 
 # Plugins that build their own training loader once per experience (a re-assignment
 # mid-level would not reach it).
-OWN_LOADER = {"avalanche.training.plugins.ReplayPlugin"}
+OWN_LOADER = {"avalanche.training.plugins.ReplayPlugin", CSL_REPLAY}
 
 
 @dataclass(frozen=True)

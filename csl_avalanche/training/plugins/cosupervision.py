@@ -130,13 +130,19 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
         return cs.scaled_epochs(epochs, keep_rate) if self.scale_epochs else epochs
 
     def _relabel(self, strategy, experience, label: str) -> tuple[cs.SampleResults, torch.Tensor]:
-        """One pass: the E-step, the selection (at least a batch kept, or an error naming
-        `label`), and the experience's dataset replaced by the kept, relabelled samples (see the
-        module doc). Returns the results and the kept mask."""
+        """`relabel`, with at least a batch kept (or an error naming `label`)."""
+        results, keep = self.relabel(strategy, experience)
+        self._check_enough(keep, strategy.train_mb_size, label)
+        return results, keep
+
+    def relabel(self, strategy, experience) -> tuple[cs.SampleResults, torch.Tensor]:
+        """One pass over a TeacherExperience's samples: the E-step, the selection, and the
+        experience's dataset replaced by the kept, relabelled samples (see the module doc).
+        Returns the results and the kept mask. Public for the plugins that relabel rows of
+        their own the same way (co-supervised replay's buffer); no statistics are recorded."""
         blocks = self._blocks(strategy, experience)
         results = self._results(strategy, experience, blocks)
         keep = cs.select_kept(results)
-        self._check_enough(keep, strategy.train_mb_size, label)
         if results.soft is not None:  # the kept samples' soft targets, from their blocks' ranks
             distributed.share_rows(
                 results.soft, [keep[b].nonzero().flatten() + b.start for b in blocks]
