@@ -115,7 +115,7 @@ KNOWN_ARGUMENTS: dict[str, type] = {
     AVALANCHE + "ReplayPlugin": ReplaySettings,
     AVALANCHE + "EWCPlugin": EWCSettings,
     AVALANCHE + "LwFPlugin": LwFSettings,
-    AVALANCHE + "SynapticIntelligencePlugin": SISettings,
+    "csl_avalanche.training.plugins.synaptic_intelligence.SynapticIntelligencePlugin": SISettings,
     AVALANCHE + "MASPlugin": MASSettings,
     AVALANCHE + "AGEMPlugin": AGEMSettings,
     AVALANCHE + "GDumbPlugin": GDumbSettings,
