@@ -72,7 +72,14 @@ STRATEGIES = {
     "levels": ("csl", "w2s", "oracle", "ensemble"),
     "class_incremental": ("csl", "w2s", "oracle", "ensemble", "ground_truth"),
 }
-PLUGIN_SETS = ([], ["replay"], ["ewc"], ["lwf"], ["replay", "ewc", "lwf"])
+PLUGIN_SETS = (
+    [],
+    ["replay"],
+    ["ewc"],
+    ["lwf"],
+    ["replay", "ewc", "lwf"],
+    ["si", "mas", "agem", "gdumb", "rwalk"],
+)
 
 
 def _combinations():
@@ -128,7 +135,7 @@ def test_help_lists_the_groups_and_every_setting_with_its_description():
 
     text = settings_help(["benchmark=cifar100", "plugins=[ewc]"])
     assert "  benchmark  cifar100, digits, domainnet, fashion_mnist, features, imagefolder" in text
-    assert "  plugins    ewc, lwf, replay" in text
+    assert "  plugins    agem, ewc, gdumb, lwf, mas, replay, rwalk, si" in text
     lines = text.splitlines()
     assert any(
         line.startswith("  strategy.epochs=20 ") and "epochs per level" in line for line in lines
