@@ -17,7 +17,7 @@ the same one-line message instead of some waiting forever for a rank that stoppe
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import torch
@@ -64,15 +64,14 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def check_world(plugins: list[str]) -> None:
-    """What a data-parallel run cannot do, refused before any work: the anti-forgetting
-    `plugins` (names). Avalanche 0.6's EWC and LwF do not declare distributed support, and
-    replay brings its own loader, whose batches are per process (the global batch would grow
-    with P)."""
-    if world_size() > 1 and plugins:
+def check_world(refusals: Mapping[str, str]) -> None:
+    """What a data-parallel run cannot do, refused before any work: `refusals` maps each
+    anti-forgetting plugin that cannot run under torchrun (its config key and class) to why."""
+    if world_size() > 1 and refusals:
+        reasons = "; ".join(f"{plugin}: {why}" for plugin, why in refusals.items())
         raise ConfigError(
-            f"plugins {', '.join(plugins)} are not supported under torchrun; run them in "
-            "one process (python -m csl_avalanche.run)"
+            f"not supported under torchrun: {reasons}; run them in one process "
+            "(python -m csl_avalanche.run)"
         )
 
 

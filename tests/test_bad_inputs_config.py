@@ -83,6 +83,17 @@ BAD_SETTINGS = [
     (["plugins=[lwf]", "plugins.lwf.alpha=[1.0,-0.5]"], ["plugins.lwf.alpha", "list", "-0.5"]),
     (["plugins=[replay]", "plugins.replay.mem_size=-5"], ["plugins.replay.mem_size", "got -5"]),
     (["plugins=[replay]", "plugins.replay.batch_size_mem=0"], ["batch_size_mem", "null or"]),
+    (["plugins=[si]", "plugins.si.si_lambda=-1"], ["plugins.si.si_lambda", ">= 0", "-1"]),
+    (["plugins=[agem]", "plugins.agem.sample_size=0"], ["plugins.agem.sample_size", ">= 1"]),
+    (["plugins=[rwalk]", "plugins.rwalk.ewc_alpha=2"], ["plugins.rwalk.ewc_alpha", "in [0, 1]"]),
+    (
+        ["plugins=[mas]", "strategy.labels=soft"],
+        ["plugins.mas (avalanche.training.plugins.MASPlugin)", "labels=soft", "[x, y, task]"],
+    ),
+    (
+        ["plugins=[gdumb]", "strategy.reassign_every=1"],
+        ["strategy.reassign_every", "plugins.gdumb builds its own training data"],
+    ),
     (
         ["plugins=[replay]", "+plugins.replay.memsize=10"],
         ["plugins.replay.memsize", "not an argument of ReplayPlugin", "mem_size"],

@@ -7,10 +7,16 @@ import os
 
 import pytest
 import torch
+import yaml
+from avalanche.training.plugins import EvaluationPlugin
+from conftest import REPO
 from continual_helpers import SMALL_PLUGINS, make_csl
 
+from csl_avalanche.benchmarks.arrivals import make_arrival_benchmark
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
 from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.models.factories import linear_probe
+from csl_avalanche.strategies import CSLStrategy
 from csl_avalanche.training.checkpoint import (
     load_strategy_state,
     log_sizes,
@@ -21,6 +27,7 @@ from csl_avalanche.training.checkpoint import (
     strategy_state,
     write_checkpoint,
 )
+from csl_avalanche.training.plugins.continual import build_continual_plugins
 
 
 def make_strategy(features, labels, loss):
@@ -113,3 +120,50 @@ def test_a_checkpoint_that_cannot_be_written_says_why(tmp_path, monkeypatch, cod
         assert phrase in message
     if code != errno.ENOSPC:
         assert "space" not in message  # a permission problem is not blamed on the disk
+
+
+SHIPPED_FILES = sorted((REPO / "configs" / "plugins").glob("*.yaml"))
+
+
+def plugin_strategy(features, entry: dict):
+    """A small continual CSL student with one shipped plugin (its file's arguments)."""
+    torch.manual_seed(0)
+    return CSLStrategy(
+        model=linear_probe(features.train_x.shape[1], features.num_classes),
+        features=features,
+        reinit_student=False,
+        lr=0.05,
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        evaluator=EvaluationPlugin(loggers=[]),
+        plugins=build_continual_plugins(entry),
+    )
+
+
+@pytest.mark.parametrize("scenario", ["levels", "class_incremental"])
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=[path.stem for path in SHIPPED_FILES])
+def test_each_shipped_plugin_is_restored_exactly(tiny_features, tmp_path, path, scenario):
+    """Saved after the first unit (a level, or an arrival's two phases), restored into a new
+    strategy: the rest trains to the very weights of the uninterrupted strategy."""
+    entry = yaml.safe_load(path.read_text())
+    if scenario == "levels":
+        stream, cut = make_csl_benchmark(tiny_features).train_stream, 1
+    else:
+        stream, cut = make_arrival_benchmark(tiny_features, [1, 0]).train_stream, 2
+    original = plugin_strategy(tiny_features, entry)
+    for experience in stream[:cut]:
+        original.train(experience, eval_streams=[])
+    write_checkpoint({"strategy": strategy_state(original), "rng": rng_state()}, tmp_path / "c")
+    for experience in stream[cut:]:
+        original.train(experience, eval_streams=[])
+
+    saved = read_checkpoint(tmp_path / "c")
+    torch.manual_seed(123)  # whatever happened in between, the checkpoint's RNG state wins
+    resumed = plugin_strategy(tiny_features, entry)
+    load_strategy_state(resumed, saved["strategy"])
+    set_rng_state(saved["rng"])
+    for experience in stream[cut:]:
+        resumed.train(experience, eval_streams=[])
+    for name, value in original.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
-from continual_helpers import PLUGINS, run_csl
+from avalanche.training.plugins import (
+    EWCPlugin,
+    LwFPlugin,
+    ReplayPlugin,
+    SynapticIntelligencePlugin,
+)
+from conftest import REPO
+from continual_helpers import PLUGINS, SMALL_PLUGINS, run_csl
 
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.training.plugins.continual import build_continual_plugins
@@ -137,3 +144,17 @@ def test_factory_rejects_unknown_targets_and_knobs():
         build_continual_plugins({"gem": {"_target_": PLUGINS + "GEMPlugin", "patterns": 1}})
     with pytest.raises(ConfigError, match=r"needs patterns_per_experience, memory_strength"):
         build_continual_plugins({"gem": {"_target_": PLUGINS + "GEMPlugin"}})
+
+
+def test_synaptic_intelligence_weighs_the_weights_a_level_moved(tiny_features):
+    """Avalanche 0.6's SI snapshots the weights as views on CPU, so every importance stays 0;
+    the shipped file's class copies them: after a level, the weights that moved weigh."""
+    entry = yaml.safe_load((REPO / "configs" / "plugins" / "si.yaml").read_text())
+    SMALL_PLUGINS["si"] = entry["si"]
+    try:
+        strategy, _ = run_csl(tiny_features, ("si",))
+    finally:
+        del SMALL_PLUGINS["si"]
+    (si,) = [p for p in strategy.plugins if isinstance(p, SynapticIntelligencePlugin)]
+    importance = torch.cat([param.data for param in si.ewc_data[1].values()])
+    assert (importance > 0).any()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import rank_checks
 import torch
+from avalanche.core import SupervisedPlugin
 from conftest import REPO, cli, features_from_config, make_feature_set
 from hydra import compose, initialize_config_module
 from results_checks import check_against_cached_features, compose_config
@@ -343,13 +344,33 @@ def test_an_unreadable_image_in_one_ranks_block_stops_both_ranks(tmp_path):
     assert not (run_dir / "results.json").exists()
 
 
-def test_anti_forgetting_plugins_are_refused_with_several_processes(monkeypatch):
-    from csl_avalanche import distributed
+class DataParallelPlugin(SupervisedPlugin, supports_distributed=True):
+    """A user's plugin that declares, as Avalanche's do, that it runs data-parallel."""
 
-    distributed.check_world(["replay"])  # one process: fine
+
+def test_plugins_that_cannot_run_data_parallel_are_refused_by_class_with_several_processes(
+    monkeypatch,
+):
+    from csl_avalanche import distributed
+    from csl_avalanche.training.plugins.continual import distributed_refusal, plugin_spec
+
+    def refusals(**targets):
+        specs = {name: plugin_spec(name, {"_target_": target}) for name, target in targets.items()}
+        return {name: why for name, spec in specs.items() if (why := distributed_refusal(spec))}
+
+    plugins = "avalanche.training.plugins."
+    found = refusals(
+        replay=plugins + "ReplayPlugin",  # declares it, but its loader's batches are per process
+        mas=plugins + "MASPlugin",  # does not declare it
+        mine=f"{__name__}.DataParallelPlugin",
+    )
+    assert set(found) == {"replay", "mas"}
+    assert "per process" in found["replay"] and "supports_distributed" in found["mas"]
+    distributed.check_world(found)  # one process: fine
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(ConfigError, match="plugins replay are not supported under torchrun"):
-        distributed.check_world(["replay"])
+    distributed.check_world({})
+    with pytest.raises(ConfigError, match=r"not supported under torchrun: replay: its loader"):
+        distributed.check_world({"replay": found["replay"]})
 
 
 def test_gpu_check_says_it_needs_cuda():

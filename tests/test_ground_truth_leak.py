@@ -1,7 +1,8 @@
 """No ground-truth label of the pool reaches a replay buffer (Avalanche's, or co-supervised
 replay's), EWC's Fisher pass, LwF's class bookkeeping or a training loss, in the levels
 scenario and in the class-incremental one (whose stream is cut by the pool's classes, but
-labelled by teachers only).
+labelled by teachers only); nor, for every shipped plugin file, a training loss, the level's
+dataset, or any dataset the plugin keeps.
 
 The pool's ground truth is rewritten so that, for every sample, it differs from the label of
 every teacher; each label the student's machinery sees is traced back to its sample by the
@@ -15,11 +16,12 @@ import dataclasses
 
 import pytest
 import torch
+import yaml
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin
-from conftest import make_feature_set
+from conftest import REPO, make_feature_set
 from continual_helpers import SMALL_PLUGINS, run_csl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from csl_avalanche.benchmarks.arrivals import by_arrival, make_arrival_benchmark
 from csl_avalanche.benchmarks.features import FeatureSet
@@ -253,3 +255,41 @@ def test_no_ground_truth_reaches_the_cosupervised_replay_buffer_or_its_batches(l
     assert set(state) == {"rows", "logits"} and sorted(state["rows"]) == [0, 1]
     assert all(rows.dtype == torch.long for rows in state["rows"].values())
     assert all(logits.is_floating_point() for logits in state["logits"].values())
+
+
+SHIPPED_FILES = sorted((REPO / "configs" / "plugins").glob("*.yaml"))
+
+
+def held_datasets(plugin) -> list:
+    """The datasets a plugin keeps in its attributes: a dataset, a list of them (AGEM's
+    memories), or a storage policy's buffer (replay, GDumb)."""
+    held = []
+    for value in vars(plugin).values():
+        items = value if isinstance(value, list) else [value]
+        held += [item for item in items if isinstance(item, Dataset)]
+        if isinstance(getattr(value, "buffer", None), Dataset):
+            held.append(value.buffer)
+    return held
+
+
+@pytest.mark.parametrize("scenario", ["levels", "class_incremental"])
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=[path.stem for path in SHIPPED_FILES])
+def test_no_ground_truth_reaches_any_shipped_plugin(path, scenario):
+    """Each file of the plugins config group, as shipped: every batch the strategy trains on,
+    the level's dataset, and every dataset the plugin holds afterwards carry teacher labels."""
+    features = ground_truth_apart_from_teachers()
+    audit = LabelAudit(features)
+    loss, experiences = LossProbe(audit), ExperienceProbe(audit)
+    if (path.stem, scenario) == ("csl_replay", "levels"):
+        pytest.skip(
+            "co-supervised replay is refused in the levels protocol (every row is in every level)"
+        )
+    (plugin,) = build_continual_plugins(yaml.safe_load(path.read_text()))
+    probes = (plugin, loss, experiences)
+    if scenario == "levels":
+        run_csl(features, probes=probes)
+    else:
+        run_arrivals(features, labels="hard", probes=probes)
+    assert loss.batches > 0 and loss.hits == 0
+    assert experiences.hits == 0
+    assert sum(audit.dataset_hits(dataset) for dataset in held_datasets(plugin)) == 0

@@ -72,7 +72,15 @@ STRATEGIES = {
     "levels": ("csl", "w2s", "oracle", "ensemble"),
     "class_incremental": ("csl", "w2s", "oracle", "ensemble", "ground_truth"),
 }
-PLUGIN_SETS = ([], ["replay"], ["ewc"], ["lwf"], ["replay", "ewc", "lwf"], ["csl_replay"])
+PLUGIN_SETS = (
+    [],
+    ["replay"],
+    ["ewc"],
+    ["lwf"],
+    ["replay", "ewc", "lwf"],
+    ["si", "mas", "agem", "gdumb", "rwalk"],
+    ["csl_replay"],
+)
 
 
 def _refused(scenario: str, strategy: str, plugins: list[str]) -> bool:
@@ -137,7 +145,7 @@ def test_help_lists_the_groups_and_every_setting_with_its_description():
 
     text = settings_help(["benchmark=cifar100", "plugins=[ewc]"])
     assert "  benchmark  cifar100, digits, domainnet, fashion_mnist, features, imagefolder" in text
-    assert "  plugins    csl_replay, ewc, lwf, replay" in text
+    assert "  plugins    agem, csl_replay, ewc, gdumb, lwf, mas, replay, rwalk, si" in text
     lines = text.splitlines()
     assert any(
         line.startswith("  strategy.epochs=20 ") and "epochs per level" in line for line in lines

@@ -15,9 +15,11 @@ import time
 
 import pytest
 import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.logging import TensorboardLogger
 from conftest import (
     CLI_ENV,
+    REPO,
     assert_clean_error,
     cli,
     cli_command,
@@ -438,3 +440,69 @@ def test_a_disk_that_fills_up_while_the_logs_are_flushed_gives_a_clean_error(
     full = cli(run_dir, *features_run)
     assert_clean_error(full, f"cannot write the logs in {run_dir / 'tb'}", "free space")
     assert [lvl["level"] for lvl in torch.load(run_dir / CHECKPOINT)["levels"]] == [0]
+
+
+SHIPPED_PLUGINS = sorted(path.stem for path in (REPO / "configs" / "plugins").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("plugin", SHIPPED_PLUGINS)
+def test_a_run_with_each_shipped_plugin_killed_after_level_0_resumes_exactly(
+    tmp_path, monkeypatch, features_run, plugin
+):
+    """The plugin's state after level 0 (buffers, importances, memories, the previous model)
+    comes back from the checkpoint: level 1 trains as it does in an uninterrupted run."""
+    overrides = (*features_run, "strategy.reinit_student=false", f"plugins=[{plugin}]")
+    assert cli(tmp_path / "whole", *overrides).code == 0
+    run_dir = tmp_path / "run"
+    crash_at_level_1(monkeypatch, run_dir, overrides)
+    resumed = cli(run_dir, *overrides)
+    assert resumed.code == 0, resumed.err
+    assert without_timings(read_results(run_dir)) == without_timings(
+        read_results(tmp_path / "whole")
+    )
+
+
+class CountingPlugin(SupervisedPlugin):
+    """A user's plugin that carries state from one level to the next and cannot save it."""
+
+    def __init__(self):
+        super().__init__()
+        self.levels_seen = 0
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.levels_seen += 1
+
+
+class StatelessPlugin(SupervisedPlugin):
+    """A user's plugin that carries nothing across levels, and says so."""
+
+    keeps_state = False
+
+    def before_backward(self, strategy, **kwargs):
+        strategy.loss = strategy.loss * 1.0
+
+
+def test_a_user_plugin_with_state_it_cannot_save_is_refused_on_resume(
+    tmp_path, monkeypatch, features_run
+):
+    overrides = (*features_run, f"+plugins.mine._target_={__name__}.CountingPlugin")
+    run_dir = tmp_path / "run"
+    crash_at_level_1(monkeypatch, run_dir, overrides)
+    assert_clean_error(
+        cli(run_dir, *overrides),
+        f"plugins.mine ({__name__}.CountingPlugin) keeps state the checkpoint cannot restore",
+        "resume=false",
+        "state_dict()/load_state_dict()",
+    )
+
+
+def test_a_user_plugin_that_declares_no_state_resumes(tmp_path, monkeypatch, features_run):
+    overrides = (*features_run, f"+plugins.mine._target_={__name__}.StatelessPlugin")
+    assert cli(tmp_path / "whole", *overrides).code == 0
+    run_dir = tmp_path / "run"
+    crash_at_level_1(monkeypatch, run_dir, overrides)
+    resumed = cli(run_dir, *overrides)
+    assert resumed.code == 0, resumed.err
+    assert without_timings(read_results(run_dir)) == without_timings(
+        read_results(tmp_path / "whole")
+    )

@@ -48,6 +48,8 @@ from csl_avalanche.experiments.strategy_setup import (
 from csl_avalanche.storage.atomic import unwritable_because, write_atomically
 from csl_avalanche.storage.shared_cache import SharedTensorCache
 from csl_avalanche.strategies import GroundTruthCeiling
+from csl_avalanche.training.checkpoint import check_resumable
+from csl_avalanche.training.plugins.continual import distributed_refusal
 
 log = logging.getLogger(__name__)
 SCENARIOS: dict[str, type[Scenario]] = {
@@ -80,7 +82,13 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
     """
     config = plain_config(cfg)
     settings = read_settings(config)
-    distributed.check_world(list(settings.plugins))
+    distributed.check_world(
+        {
+            f"plugins.{name} ({spec.target})": why
+            for name, spec in settings.plugins.items()
+            if (why := distributed_refusal(spec))
+        }
+    )
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunProgress.open(config, run_dir, resume=settings.resume) as progress:
@@ -97,6 +105,8 @@ def _continue(settings: RunSettings, config: dict, run_dir: Path, progress: RunP
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     progress.check_layout(distributed.world_size(), str(device), layout_dependence(settings))
+    if progress.state["strategy"] is not None:  # a unit trained with the plugins
+        check_resumable(settings.plugins)
 
     context = SourceContext(
         cache=SharedTensorCache(settings.cache_dir),

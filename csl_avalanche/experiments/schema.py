@@ -48,6 +48,7 @@ from csl_avalanche.core.rules import (
 )
 from csl_avalanche.training.plugins.continual import (
     CSL_REPLAY,
+    HARD_LABELS_ONLY,
     KNOWN_ARGUMENTS,
     OWN_LOADER,
     TARGET,
@@ -179,9 +180,17 @@ class RunSettings:
                 if spec.target in OWN_LOADER:
                     raise ConfigError(
                         "strategy.reassign_every replaces a level's training data mid-level, "
-                        f"but plugins.{spec.name} builds its loader once per level and would "
-                        "drop the new data; use plugins=[ewc] or [lwf], or drop "
+                        f"but plugins.{spec.name} builds its own training data once per level and "
+                        "would drop the new data; use plugins=[ewc] or [lwf], or drop "
                         "strategy.reassign_every"
+                    )
+        if self.strategy.labels == "soft":
+            for spec in self.plugins.values():
+                if spec.target in HARD_LABELS_ONLY:
+                    raise ConfigError(
+                        f"plugins.{spec.name} ({spec.target}) cannot train with "
+                        f"strategy.labels=soft: {HARD_LABELS_ONLY[spec.target]}; use "
+                        "strategy.labels=hard or another plugin"
                     )
         if strategy == GROUND_TRUTH and self.strategy.labels != "hard":
             raise ConfigError(

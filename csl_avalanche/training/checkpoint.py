@@ -18,14 +18,29 @@ from __future__ import annotations
 import copy
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
-from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
+from avalanche.benchmarks.utils.data_loader import GroupBalancedInfiniteDataLoader
+from avalanche.training.plugins import (
+    AGEMPlugin,
+    EWCPlugin,
+    GDumbPlugin,
+    LwFPlugin,
+    MASPlugin,
+    ReplayPlugin,
+    RWalkPlugin,
+    SynapticIntelligencePlugin,
+)
+from avalanche.training.storage_policy import (
+    BalancedExemplarsBuffer,
+    ClassBalancedBuffer,
+    ExperienceBalancedBuffer,
+    ReservoirSamplingBuffer,
+)
 from avalanche.training.utils import ParamData
 
 from csl_avalanche.benchmarks.streams import labelled_dataset
@@ -94,9 +109,10 @@ def set_rng_state(state: dict) -> None:
 # write exactly those. Our own plugins and metrics offer state_dict()/load_state_dict().
 
 
-def _replay_state(plugin: ReplayPlugin) -> dict:
-    policy = plugin.storage_policy
-    if type(policy) is not ExperienceBalancedBuffer:
+def _buffer_state(policy: BalancedExemplarsBuffer) -> dict:
+    """A balanced buffer's groups (samples, reservoir weights, sizes) and what it counts:
+    the experiences seen (replay) or the classes seen (GDumb)."""
+    if type(policy) not in (ExperienceBalancedBuffer, ClassBalancedBuffer):
         raise ConfigError(f"cannot checkpoint a replay buffer of type {type(policy).__name__}")
     groups = {
         key: {
@@ -106,20 +122,37 @@ def _replay_state(plugin: ReplayPlugin) -> dict:
         }
         for key, group in policy.buffer_groups.items()
     }
+    if isinstance(policy, ClassBalancedBuffer):
+        return {"seen_classes": sorted(policy.seen_classes), "groups": groups}
     return {"num_experiences": policy._num_exps, "groups": groups}
 
 
-def _load_replay(plugin: ReplayPlugin, state: dict) -> None:
-    policy = plugin.storage_policy
-    policy._num_exps = state["num_experiences"]
+def _load_buffer(policy: BalancedExemplarsBuffer, state: dict) -> None:
+    if isinstance(policy, ClassBalancedBuffer):
+        policy.seen_classes = set(state["seen_classes"])
+    else:
+        policy._num_exps = state["num_experiences"]
     policy.buffer_groups = {}
     for key, group in state["groups"].items():
         buffer = ReservoirSamplingBuffer(group["max_size"])
         if group["columns"]:
-            x, y, *soft, _task = group["columns"]
-            buffer.buffer = labelled_dataset(x, y, *soft)
+            buffer.buffer = _dataset(group["columns"])
         buffer._buffer_weights = group["weights"]
         policy.buffer_groups[key] = buffer
+
+
+def _dataset(columns: list) -> Any:
+    """A materialised dataset ([x, y, (soft,) task] columns) as a labelled dataset again."""
+    x, y, *soft, _task = columns
+    return labelled_dataset(x, y, *soft)
+
+
+def _replay_state(plugin: ReplayPlugin) -> dict:
+    return _buffer_state(plugin.storage_policy)
+
+
+def _load_replay(plugin: ReplayPlugin, state: dict) -> None:
+    _load_buffer(plugin.storage_policy, state)
 
 
 def _param_tensors(params: dict[int, dict[str, ParamData]]) -> dict:
@@ -165,25 +198,147 @@ def _load_lwf(plugin: LwFPlugin, state: dict, model: torch.nn.Module) -> None:
     lwf.prev_classes_by_task.update({t: set(c) for t, c in state["prev_classes"].items()})
 
 
+def _agem_state(plugin: AGEMPlugin) -> dict:
+    return {"buffers": [materialize(buffer) for buffer in plugin.buffers]}
+
+
+def _load_agem(plugin: AGEMPlugin, state: dict) -> None:
+    """The memory, and its loader as `update_memory` builds it (the loader draws its first
+    sample lazily, so the restored generators decide it, as in an uninterrupted run)."""
+    plugin.buffers = [_dataset(columns) for columns in state["buffers"]]
+    if plugin.buffers:
+        plugin.buffer_dataloader = GroupBalancedInfiniteDataLoader(
+            plugin.buffers,
+            batch_size=plugin.sample_size // len(plugin.buffers),
+            num_workers=0,
+            pin_memory=False,
+            persistent_workers=False,
+        )
+        plugin.buffer_dliter = iter(plugin.buffer_dataloader)
+
+
+def _gdumb_state(plugin: GDumbPlugin) -> dict:
+    initial = None if plugin.init_model is None else plugin.init_model.state_dict()
+    return {"buffer": _buffer_state(plugin.storage_policy), "init_model": initial}
+
+
+def _load_gdumb(plugin: GDumbPlugin, state: dict, model: torch.nn.Module) -> None:
+    _load_buffer(plugin.storage_policy, state["buffer"])
+    plugin.init_model = None
+    if state["init_model"] is not None:
+        plugin.init_model = copy.deepcopy(model)
+        plugin.init_model.load_state_dict(state["init_model"])
+
+
+# The attributes in which Avalanche 0.6's regularisation plugins keep what one experience
+# leaves to the next: dictionaries (or tuples of them) of ParamData, or None.
+PARAMETER_ATTRIBUTES: dict[type, tuple[str, ...]] = {
+    SynapticIntelligencePlugin: ("ewc_data", "syn_data"),
+    MASPlugin: ("params", "importance"),
+    RWalkPlugin: (
+        "checkpoint_params",
+        "checkpoint_loss",
+        "checkpoint_scores",
+        "iter_grad",
+        "iter_importance",
+        "iter_params",
+        "exp_scores",
+        "exp_params",
+        "exp_importance",
+        "exp_penalties",
+    ),
+}
+
+
+def _plain(value: Any) -> Any:
+    """ParamData (inside dicts and tuples) as {"param": name, "data": tensor}."""
+    if isinstance(value, ParamData):
+        return {"param": value.name, "data": value.data.detach().cpu()}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_plain(item) for item in value)
+    return value
+
+
+def _restored(value: Any, device: torch.device) -> Any:
+    if isinstance(value, dict) and value.keys() == {"param", "data"}:
+        return ParamData(value["param"], init_tensor=value["data"].to(device), device=device)
+    if isinstance(value, dict):
+        return {key: _restored(item, device) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_restored(item, device) for item in value)
+    return value
+
+
+# -- a user's plugin -------------------------------------------------------------------------
+
+
+def check_resumable(plugins: Mapping[str, Any]) -> None:
+    """Refuse to resume a run that trained with a plugin whose state the checkpoint cannot
+    hold (a silent restart of its state would change the results): one we do not know,
+    without state_dict()/load_state_dict(), whose class does not declare `keeps_state = False`
+    (a plugin that carries nothing from one unit to the next). `plugins`: name -> PluginSpec."""
+    for name, spec in plugins.items():
+        kind = spec.plugin_class()
+        if _restorable_class(kind) or getattr(kind, "keeps_state", True) is False:
+            continue
+        raise ConfigError(
+            f"plugins.{name} ({spec.target}) keeps state the checkpoint cannot restore; run "
+            "with resume=false to start over, or give the class state_dict()/load_state_dict()"
+        )
+
+
+def _restorable_class(kind: type) -> bool:
+    return issubclass(kind, KNOWN_PLUGINS) or (
+        hasattr(kind, "state_dict") and hasattr(kind, "load_state_dict")
+    )
+
+
 # -- the strategy --------------------------------------------------------------------------
+
+
+def _plugin_state(plugin: Any) -> dict:
+    if isinstance(plugin, ReplayPlugin):
+        return _replay_state(plugin)
+    if isinstance(plugin, EWCPlugin):
+        return _ewc_state(plugin)
+    if isinstance(plugin, LwFPlugin):
+        return _lwf_state(plugin)
+    if isinstance(plugin, AGEMPlugin):
+        return _agem_state(plugin)
+    if isinstance(plugin, GDumbPlugin):
+        return _gdumb_state(plugin)
+    for kind, names in PARAMETER_ATTRIBUTES.items():
+        if isinstance(plugin, kind):
+            return {name: _plain(getattr(plugin, name)) for name in names}
+    return plugin.state_dict()
+
+
+def _load_plugin(plugin: Any, state: dict, strategy: Any) -> None:
+    if isinstance(plugin, ReplayPlugin):
+        _load_replay(plugin, state)
+    elif isinstance(plugin, EWCPlugin):
+        _load_ewc(plugin, state)
+    elif isinstance(plugin, LwFPlugin):
+        _load_lwf(plugin, state, strategy.model)
+    elif isinstance(plugin, AGEMPlugin):
+        _load_agem(plugin, state)
+    elif isinstance(plugin, GDumbPlugin):
+        _load_gdumb(plugin, state, strategy.model)
+    elif isinstance(plugin, tuple(PARAMETER_ATTRIBUTES)):
+        for name, value in state.items():
+            setattr(plugin, name, _restored(value, torch.device(strategy.device)))
+    else:
+        plugin.load_state_dict(state)
 
 
 def strategy_state(strategy: Any) -> dict:
     """Model weights, the training clock, and every stateful plugin's and metric's state."""
-    plugins = {}
-    for index, plugin in enumerate(_stateful(strategy)):
-        if isinstance(plugin, ReplayPlugin):
-            plugins[index] = _replay_state(plugin)
-        elif isinstance(plugin, EWCPlugin):
-            plugins[index] = _ewc_state(plugin)
-        elif isinstance(plugin, LwFPlugin):
-            plugins[index] = _lwf_state(plugin)
-        else:
-            plugins[index] = plugin.state_dict()
     return {
         "model": {k: v.detach().cpu() for k, v in strategy.model.state_dict().items()},
         "clock": {name: getattr(strategy.clock, name) for name in CLOCK_FIELDS},
-        "plugins": plugins,
+        "plugins": {index: _plugin_state(item) for index, item in enumerate(_stateful(strategy))},
     }
 
 
@@ -199,27 +354,19 @@ def load_strategy_state(strategy: Any, state: dict) -> None:
             f"this strategy has {len(stateful)}; run with resume=false to start over"
         )
     for index, plugin in enumerate(stateful):
-        saved = state["plugins"][index]
-        if isinstance(plugin, ReplayPlugin):
-            _load_replay(plugin, saved)
-        elif isinstance(plugin, EWCPlugin):
-            _load_ewc(plugin, saved)
-        elif isinstance(plugin, LwFPlugin):
-            _load_lwf(plugin, saved, strategy.model)
-        else:
-            plugin.load_state_dict(saved)
+        _load_plugin(plugin, state["plugins"][index], strategy)
+
+
+# The Avalanche plugins whose state we read and write by their attributes.
+KNOWN_PLUGINS = (ReplayPlugin, EWCPlugin, LwFPlugin, AGEMPlugin, GDumbPlugin,
+                 *PARAMETER_ATTRIBUTES)  # fmt: skip
 
 
 def _stateful(strategy: Any) -> list:
     """The plugins and metrics that carry state from one level to the next, in a fixed order:
-    Avalanche's replay, EWC and LwF, and ours that offer load_state_dict()."""
+    the Avalanche plugins we know, and every other one that offers load_state_dict()."""
     metrics = getattr(strategy.evaluator, "metrics", [])
-    known = (ReplayPlugin, EWCPlugin, LwFPlugin)
-    return [
-        item
-        for item in [*strategy.plugins, *metrics]
-        if isinstance(item, known) or hasattr(item, "load_state_dict")
-    ]
+    return [item for item in [*strategy.plugins, *metrics] if _restorable_class(type(item))]
 
 
 # -- log files -----------------------------------------------------------------------------

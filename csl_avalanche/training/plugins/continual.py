@@ -89,19 +89,71 @@ class CoSupervisedReplaySettings:
     )
 
 
+@dataclass(frozen=True)
+class SISettings:
+    si_lambda: float | list[float] = setting(
+        either(NON_NEGATIVE, list_of(NON_NEGATIVE)), "penalty weight (or one per level)"
+    )
+    eps: float = setting(POSITIVE, "damping of the importance's denominator", default=1e-7)
+
+
+@dataclass(frozen=True)
+class MASSettings:
+    lambda_reg: float = setting(NON_NEGATIVE, "penalty weight", default=1.0)
+    alpha: float = setting(UNIT, "weight of the earlier importance against the new", default=0.5)
+
+
+@dataclass(frozen=True)
+class AGEMSettings:
+    patterns_per_experience: int = setting(whole(1), "samples kept per earlier experience")
+    sample_size: int = setting(whole(1), "memory samples per reference gradient")
+
+
+@dataclass(frozen=True)
+class GDumbSettings:
+    mem_size: int = setting(whole(1), "samples kept, balanced over teacher labels", default=200)
+
+
+@dataclass(frozen=True)
+class RWalkSettings:
+    ewc_lambda: float = setting(NON_NEGATIVE, "penalty weight", default=0.1)
+    ewc_alpha: float = setting(UNIT, "moving-average factor of the Fisher (EWC++)", default=0.9)
+    delta_t: int = setting(whole(1), "steps between score updates", default=10)
+
+
+AVALANCHE = "avalanche.training.plugins."
 CSL_REPLAY = "csl_avalanche.training.plugins.cosupervised_replay.CoSupervisedReplayPlugin"
 
 # The arguments of the plugin classes we ship a config file for, by `_target_`.
 KNOWN_ARGUMENTS: dict[str, type] = {
-    "avalanche.training.plugins.ReplayPlugin": ReplaySettings,
-    "avalanche.training.plugins.EWCPlugin": EWCSettings,
-    "avalanche.training.plugins.LwFPlugin": LwFSettings,
+    AVALANCHE + "ReplayPlugin": ReplaySettings,
+    AVALANCHE + "EWCPlugin": EWCSettings,
+    AVALANCHE + "LwFPlugin": LwFSettings,
+    "csl_avalanche.training.plugins.synaptic_intelligence.SynapticIntelligencePlugin": SISettings,
+    AVALANCHE + "MASPlugin": MASSettings,
+    AVALANCHE + "AGEMPlugin": AGEMSettings,
+    AVALANCHE + "GDumbPlugin": GDumbSettings,
+    AVALANCHE + "RWalkPlugin": RWalkSettings,
     CSL_REPLAY: CoSupervisedReplaySettings,
 }
 
-# Plugins that build their own training loader once per experience (a re-assignment
-# mid-level would not reach it).
-OWN_LOADER = {"avalanche.training.plugins.ReplayPlugin", CSL_REPLAY}
+# Plugins that build their own training loader or data once per experience (a re-assignment
+# mid-level would not reach it): the replays' [current | memory] loaders, GDumb's buffer.
+OWN_LOADER = {AVALANCHE + "ReplayPlugin", AVALANCHE + "GDumbPlugin", CSL_REPLAY}
+
+# Plugins that cannot train on the soft labels' [x, y, soft target, task] batches, and why.
+HARD_LABELS_ONLY = {
+    AVALANCHE + "MASPlugin": "its importance pass accepts batches of [x, y, task] only",
+}
+
+# Plugins that declare distributed support (`supports_distributed`) but that we refuse under
+# torchrun, and why.
+NOT_DISTRIBUTED = {
+    AVALANCHE + "ReplayPlugin": "its loader's batches are per process, so the global batch "
+    "would grow with the process count",
+    AVALANCHE + "GDumbPlugin": "each process would draw its buffer with its own random "
+    "generator (not checked to agree across processes)",
+}
 
 
 @dataclass(frozen=True)
@@ -213,6 +265,19 @@ def _instantiate(value: Any, key: str) -> Any:
     if isinstance(value, list):
         return [_instantiate(item, key) for item in value]
     return value
+
+
+def distributed_refusal(spec: PluginSpec) -> str | None:
+    """Why the plugin cannot run under torchrun, or None where it can: Avalanche's
+    `supports_distributed` mark of its class, and what we know beyond it (NOT_DISTRIBUTED)."""
+    if spec.target in NOT_DISTRIBUTED:
+        return NOT_DISTRIBUTED[spec.target]
+    if not getattr(spec.plugin_class(), "supports_distributed", False):
+        return (
+            "its class does not declare supports_distributed (Avalanche's mark of a plugin "
+            "that runs data-parallel)"
+        )
+    return None
 
 
 def build_continual_plugins(plugins: Mapping[str, Any] | None) -> list:
