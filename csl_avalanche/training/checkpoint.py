@@ -4,7 +4,8 @@ random generators, written atomically, plus the log files rewound to the same mo
 A run is a sequence of units of work (the ground-truth ceiling, then each level with its
 evaluation). After each one, the experiment writes one checkpoint file; a rerun restores it and
 goes on with the next unit, so a kill costs at most the unit in flight. Only state is stored:
-weights, replay buffers, EWC importances, LwF's previous model, statistics, RNG states; never
+weights, every shipped plugin's buffers, importances and previous models (replay, EWC, LwF, SI,
+MAS, RWalk, A-GEM, GDumb; ours through state_dict()), statistics, RNG states; never
 the features, which are re-attached from the cache. Every value is a tensor or plain Python
 data, so the file loads with `torch.load(weights_only=True)`.
 
