@@ -47,6 +47,7 @@ from csl_avalanche.core.rules import (
     whole,
 )
 from csl_avalanche.training.plugins.continual import (
+    CONTINUAL_ONLY,
     KNOWN_ARGUMENTS,
     OWN_LOADER,
     TARGET,
@@ -147,6 +148,14 @@ class RunSettings:
                 "with scenario=class_incremental the student is continual: it must keep what "
                 "earlier arrivals taught it; drop the setting (the scenario sets false)"
             )
+        for spec in self.plugins.values():
+            if spec.target in CONTINUAL_ONLY and self.strategy.reinit_student:
+                raise ConfigError(
+                    f"plugins.{spec.name} acts on the student one level leaves to the next, but "
+                    "strategy.reinit_student=true starts every level from a fresh student (it "
+                    "would do nothing); add strategy.reinit_student=false, or drop "
+                    f"plugins.{spec.name}"
+                )
         if strategy == GROUND_TRUTH and scenario != "class_incremental":
             raise ConfigError(
                 "strategy=ground_truth trains the class-incremental stream on true labels: add "

@@ -76,12 +76,26 @@ class LwFSettings:
     temperature: float = setting(POSITIVE, "softmax temperature of the distillation", default=2.0)
 
 
+@dataclass(frozen=True)
+class ShrinkPerturbSettings:
+    shrink: float = setting(UNIT, "each weight's factor before adding the fresh draw", default=0.5)
+    noise: float = setting(NON_NEGATIVE, "the weight of a fresh initialisation's draw", default=0.1)
+    seed: int = setting(whole(0, 2**32 - 1), "seeds the fresh draws (with the level)", default=0)
+
+
+SHRINK_PERTURB = "csl_avalanche.training.plugins.plasticity.ShrinkPerturbPlugin"
+
 # The arguments of the plugin classes we ship a config file for, by `_target_`.
 KNOWN_ARGUMENTS: dict[str, type] = {
     "avalanche.training.plugins.ReplayPlugin": ReplaySettings,
     "avalanche.training.plugins.EWCPlugin": EWCSettings,
     "avalanche.training.plugins.LwFPlugin": LwFSettings,
+    SHRINK_PERTURB: ShrinkPerturbSettings,
 }
+
+# Plugins that act on the student a level leaves to the next: a fresh student at every level
+# (strategy.reinit_student=true) makes them no-ops.
+CONTINUAL_ONLY = {SHRINK_PERTURB}
 
 # Plugins that build their own training loader once per experience (a re-assignment
 # mid-level would not reach it).
