@@ -173,7 +173,9 @@ def run_job(cfg: DictConfig) -> dict:
     print(arrival_table(results) if incremental else summary_table(results))
     for line in pgr_warnings(results):
         print(line, file=sys.stderr)
-    print(f"results: {run_dir / 'results.json'}   tensorboard --logdir {run_dir / 'tb'}")
+    tensorboard = "tensorboard" in (results["config"].get("loggers") or {})
+    view = f"   tensorboard --logdir {run_dir / 'tb'}" if tensorboard else ""
+    print(f"results: {run_dir / 'results.json'}{view}")
     return results
 
 

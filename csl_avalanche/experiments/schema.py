@@ -46,6 +46,7 @@ from csl_avalanche.core.rules import (
     setting,
     whole,
 )
+from csl_avalanche.experiments.loggers import LOGGER_SETTINGS, logger_settings
 from csl_avalanche.training.plugins.continual import (
     CONTINUAL_ONLY,
     KNOWN_ARGUMENTS,
@@ -137,6 +138,7 @@ class RunSettings:
     strategy: StrategySettings = section("how the student learns (group: strategy)")
     scenario: ScenarioSettings = section("which protocol (group: scenario)")
     plugins: dict[str, Any] = section("anti-forgetting plugins by name (group: plugins)")
+    loggers: dict[str, Any] = section("Avalanche loggers by name (group: loggers)")
     source: SourceSettings = section("the benchmark's sections (group: benchmark)")
 
     def check(self) -> None:
@@ -184,7 +186,17 @@ class RunSettings:
             )
 
 
-RUN_KEYS = ("seed", "device", "cache_dir", "progress", "resume", "strategy", "scenario", "plugins")
+RUN_KEYS = (
+    "seed",
+    "device",
+    "cache_dir",
+    "progress",
+    "resume",
+    "strategy",
+    "scenario",
+    "plugins",
+    "loggers",
+)
 
 
 def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
@@ -211,6 +223,7 @@ def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
             "plugins": lambda v: {
                 name: plugin_spec(name, entry) for name, entry in (v or {}).items()
             },
+            "loggers": logger_settings,
         },
     )
 
@@ -248,6 +261,9 @@ def _described(
         elif name == "plugins":
             for plugin, entry in (value.get("plugins") or {}).items():
                 yield from _described_plugin(plugin, entry)
+        elif name == "loggers":
+            for logger, entry in (value.get("loggers") or {}).items():
+                yield from _described(LOGGER_SETTINGS[logger], entry or {}, f"loggers.{logger}")
         elif dataclasses.is_dataclass(kind):
             if name in value:
                 yield from _described(kind, value[name], key)
