@@ -62,6 +62,14 @@ def test_the_plugin_moves_the_weights_before_every_experience_but_the_first():
         assert torch.allclose(value, 0.5 * before[name] + 0.2 * fresh[name])
 
 
+def test_without_a_seed_the_plugin_takes_the_runs_seed_without_drawing():
+    torch.manual_seed(5)  # what the run does with `seed` before it builds a strategy
+    expected_next = torch.rand(2)
+    torch.manual_seed(5)
+    assert ShrinkPerturbPlugin().seed == 5
+    assert torch.equal(torch.rand(2), expected_next)
+
+
 def test_in_a_continual_csl_stream_each_level_starts_from_the_moved_weights(tiny_features):
     probe = WeightProbe()
     spec = {"_target_": SHRINK_PERTURB, "shrink": 0.5, "noise": 0.1, "seed": 0}

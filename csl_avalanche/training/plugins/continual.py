@@ -80,7 +80,9 @@ class LwFSettings:
 class ShrinkPerturbSettings:
     shrink: float = setting(UNIT, "each weight's factor before adding the fresh draw", default=0.5)
     noise: float = setting(NON_NEGATIVE, "the weight of a fresh initialisation's draw", default=0.1)
-    seed: int = setting(whole(0, 2**32 - 1), "seeds the fresh draws (with the level)", default=0)
+    seed: int | None = setting(
+        optional(whole(0, 2**32 - 1)), "seeds the fresh draws; null: the run's seed", default=None
+    )
 
 
 SHRINK_PERTURB = "csl_avalanche.training.plugins.plasticity.ShrinkPerturbPlugin"

@@ -43,11 +43,13 @@ class ShrinkPerturbPlugin(SupervisedPlugin, supports_distributed=True):
     `shrink * theta + noise * theta_fresh`. It acts after the E-step (which needs the student
     as it was trained) and before the experience's first step."""
 
-    def __init__(self, shrink: float = 0.5, noise: float = 0.1, seed: int = 0):
+    def __init__(self, shrink: float = 0.5, noise: float = 0.1, seed: int | None = None):
+        """`seed` None: the run's seed, read (not drawn) from torch's generator, which the run
+        seeds with `seed` before it builds a strategy (`torch.initial_seed()`)."""
         super().__init__()
         self.shrink = shrink
         self.noise = noise
-        self.seed = seed
+        self.seed = torch.initial_seed() if seed is None else seed
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         experience = strategy.clock.train_exp_counter
