@@ -100,7 +100,7 @@ def pgr_warnings(results: dict) -> list[str]:
 
 
 CONFIGS = "csl_avalanche.configs"
-GROUPS = ("benchmark", "strategy", "scenario", "plugins")
+GROUPS = ("benchmark", "strategy", "scenario", "plugins", "loggers")
 HELP_WIDTH = 36
 
 
