@@ -122,7 +122,7 @@ def pgr_warnings(results: dict) -> list[str]:
 
 
 CONFIGS = "csl_avalanche.configs"
-GROUPS = ("benchmark", "strategy", "scenario", "plugins")
+GROUPS = ("benchmark", "strategy", "scenario", "plugins", "loggers")
 HELP_WIDTH = 36
 
 
@@ -198,7 +198,9 @@ def run_job(cfg: DictConfig) -> dict | float:
         print(line)
     for line in pgr_warnings(results):
         print(line, file=sys.stderr)
-    print(f"results: {run_dir / 'results.json'}   tensorboard --logdir {run_dir / 'tb'}")
+    tensorboard = "tensorboard" in (results["config"].get("loggers") or {})
+    view = f"   tensorboard --logdir {run_dir / 'tb'}" if tensorboard else ""
+    print(f"results: {run_dir / 'results.json'}{view}")
     return objective(results)
 
 

@@ -80,7 +80,10 @@ PLUGIN_SETS = (
     ["replay", "ewc", "lwf"],
     ["si", "mas", "agem", "gdumb", "rwalk"],
     ["csl_replay"],
+    ["shrink_perturb"],
 )
+# Every logger, so that every logger's settings are checked (the default's have none).
+LOGGERS = "loggers=[tensorboard,text,csv,wandb]"
 
 
 def _refused(scenario: str, strategy: str, plugins: list[str]) -> bool:
@@ -94,11 +97,14 @@ def _combinations():
     for benchmark, (scenario, strategies), plugins in itertools.product(
         BENCHMARKS, STRATEGIES.items(), PLUGIN_SETS
     ):
+        # shrink_perturb needs a continual student (class_incremental has one)
+        continual = ["strategy.reinit_student=false"] if plugins == ["shrink_perturb"] else []
         for strategy in strategies:
             if _refused(scenario, strategy, plugins):
                 continue
             yield [f"benchmark={benchmark}", f"scenario={scenario}", f"strategy={strategy}",
-                   f"plugins=[{','.join(plugins)}]"]  # fmt: skip
+                   f"plugins=[{','.join(plugins)}]", LOGGERS,
+                   *(continual if scenario == "levels" else [])]  # fmt: skip
 
 
 def test_every_setting_of_every_shipped_combination_has_a_rule_and_a_description():
@@ -145,7 +151,11 @@ def test_help_lists_the_groups_and_every_setting_with_its_description():
 
     text = settings_help(["benchmark=cifar100", "plugins=[ewc]"])
     assert "  benchmark  cifar100, digits, domainnet, fashion_mnist, features, imagefolder" in text
-    assert "  plugins    agem, csl_replay, ewc, gdumb, lwf, mas, replay, rwalk, si" in text
+    assert (
+        "  plugins    agem, csl_replay, ewc, gdumb, lwf, mas, replay, rwalk, shrink_perturb, si"
+        in text
+    )
+    assert "  loggers    csv, tensorboard, text, wandb" in text
     lines = text.splitlines()
     assert any(
         line.startswith("  strategy.epochs=20 ") and "epochs per level" in line for line in lines

@@ -42,6 +42,7 @@ VARIANTS = {
     "continual-replay": ("strategy.reinit_student=false", "plugins=[replay]"),
     "continual-ewc": ("strategy.reinit_student=false", "plugins=[ewc]"),
     "continual-lwf": ("strategy.reinit_student=false", "plugins=[lwf]"),
+    "continual-shrink_perturb": ("strategy.reinit_student=false", "plugins=[shrink_perturb]"),
 }
 
 

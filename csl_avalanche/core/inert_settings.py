@@ -1,13 +1,14 @@
 """The settings that cannot change a run's results: where the caches live, progress bars,
-whether to resume, and the E-step's chunk size (chunks give the whole-pool results bit for bit,
-docs/design.md). A resumed run may change them (`experiments.resume`), and the report puts
-runs that differ only in them into one configuration (`evaluation.report`)."""
+whether to resume, the loggers, and the E-step's chunk size (chunks give the whole-pool
+results bit for bit, docs/design.md). A resumed run may change them (`experiments.resume`),
+and the report puts runs that differ only in them into one configuration
+(`evaluation.report`)."""
 
 from __future__ import annotations
 
 import copy
 
-INERT_SETTINGS = ("progress", "cache_dir", "resume", "strategy.chunk_size")
+INERT_SETTINGS = ("progress", "cache_dir", "resume", "loggers", "strategy.chunk_size")
 
 
 def without_inert_settings(config: dict) -> dict:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from csl_avalanche.core import cosupervision as cs
 from csl_avalanche.core.errors import ConfigError, reason, refuse
+from csl_avalanche.experiments.loggers import TENSORBOARD
 from csl_avalanche.experiments.schema import RunSettings
 from csl_avalanche.storage.atomic import unwritable_because
 from csl_avalanche.storage.lock import lock_holder, take_lock
@@ -27,7 +28,6 @@ from csl_avalanche.storage.lock import lock_holder, take_lock
 LWF = "avalanche.training.plugins.LwFPlugin"
 
 RESULTS = "results.json"
-TENSORBOARD = "tb"
 LOCK = ".lock"  # held by the run that owns the folder
 # How long a rank other than 0 waits, once stopped by an error, for rank 0 to report it and
 # end the run (torchrun then stops the others): far longer than rank 0 takes.

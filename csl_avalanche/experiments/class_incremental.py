@@ -151,7 +151,7 @@ class ClassIncrementalScenario:
             )
         return GroundTruthCeiling(
             model=student_model(settings, context.benchmark),
-            evaluator=make_evaluator(context.run_dir / "tb" / GROUND_TRUTH, pgr_metric, metric),
+            evaluator=make_evaluator(settings, context.run_dir, GROUND_TRUTH, pgr_metric, metric),
             plugins=run_plugins(settings, GROUND_TRUTH) + build_continual_plugins(settings.plugins),
             **loss_kwargs(settings),
             **training_kwargs(settings, context.device),

@@ -38,6 +38,7 @@ from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.inert_settings import without_inert_settings
 from csl_avalanche.distributed import is_main, main_only
 from csl_avalanche.experiments.checks import RESULTS, TENSORBOARD, take_run_folder
+from csl_avalanche.experiments.loggers import CSV, WANDB
 from csl_avalanche.storage.atomic import remove_stale_temporaries, unwritable_because
 from csl_avalanche.storage.cache import fingerprint
 from csl_avalanche.training.checkpoint import (
@@ -351,12 +352,14 @@ class RunProgress:
         write_checkpoint(self.state, self.path)
 
     def _log_folders(self) -> list[Path]:
-        root = self.run_dir / TENSORBOARD
-        return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        """The folders of log files cut back on resume: tb/<strategy> (TensorBoard, the text
+        log) and csv/<strategy>. wandb keeps its own records (`experiments.loggers`)."""
+        roots = [self.run_dir / TENSORBOARD, self.run_dir / CSV]
+        return sorted(p for root in roots if root.is_dir() for p in root.iterdir() if p.is_dir())
 
     def _move_aside(self, why: str) -> None:
         """Move an earlier run's files out of the way, so its logs never mix with this run's."""
-        old = [self.run_dir / name for name in (RESULTS, CHECKPOINT, TENSORBOARD)]
+        old = [self.run_dir / name for name in (RESULTS, CHECKPOINT, TENSORBOARD, CSV, WANDB)]
         old = [path for path in old if path.exists()]
         if not old:
             return

@@ -225,7 +225,7 @@ def _run_ceiling(
     seed_everything(settings.seed)
     strategy = GroundTruthCeiling(
         model=student_model(settings, benchmark),
-        evaluator=make_evaluator(run_dir / "tb" / "ceiling"),
+        evaluator=make_evaluator(settings, run_dir, "ceiling"),
         plugins=run_plugins(settings, "ceiling"),
         **training_kwargs(settings, device),
     )

@@ -46,7 +46,9 @@ from csl_avalanche.core.rules import (
     setting,
     whole,
 )
+from csl_avalanche.experiments.loggers import LOGGER_SETTINGS, logger_settings
 from csl_avalanche.training.plugins.continual import (
+    CONTINUAL_ONLY,
     CSL_REPLAY,
     HARD_LABELS_ONLY,
     KNOWN_ARGUMENTS,
@@ -138,6 +140,7 @@ class RunSettings:
     strategy: StrategySettings = section("how the student learns (group: strategy)")
     scenario: ScenarioSettings = section("which protocol (group: scenario)")
     plugins: dict[str, Any] = section("anti-forgetting plugins by name (group: plugins)")
+    loggers: dict[str, Any] = section("Avalanche loggers by name (group: loggers)")
     source: SourceSettings = section("the benchmark's sections (group: benchmark)")
 
     def check(self) -> None:
@@ -149,6 +152,14 @@ class RunSettings:
                 "with scenario=class_incremental the student is continual: it must keep what "
                 "earlier arrivals taught it; drop the setting (the scenario sets false)"
             )
+        for spec in self.plugins.values():
+            if spec.target in CONTINUAL_ONLY and self.strategy.reinit_student:
+                raise ConfigError(
+                    f"plugins.{spec.name} acts on the student one level leaves to the next, but "
+                    "strategy.reinit_student=true starts every level from a fresh student (it "
+                    "would do nothing); add strategy.reinit_student=false, or drop "
+                    f"plugins.{spec.name}"
+                )
         if strategy == GROUND_TRUTH and scenario != "class_incremental":
             raise ConfigError(
                 "strategy=ground_truth trains the class-incremental stream on true labels: add "
@@ -199,7 +210,17 @@ class RunSettings:
             )
 
 
-RUN_KEYS = ("seed", "device", "cache_dir", "progress", "resume", "strategy", "scenario", "plugins")
+RUN_KEYS = (
+    "seed",
+    "device",
+    "cache_dir",
+    "progress",
+    "resume",
+    "strategy",
+    "scenario",
+    "plugins",
+    "loggers",
+)
 
 
 def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
@@ -226,6 +247,7 @@ def read_settings(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
             "plugins": lambda v: {
                 name: plugin_spec(name, entry) for name, entry in (v or {}).items()
             },
+            "loggers": logger_settings,
         },
     )
 
@@ -263,6 +285,9 @@ def _described(
         elif name == "plugins":
             for plugin, entry in (value.get("plugins") or {}).items():
                 yield from _described_plugin(plugin, entry)
+        elif name == "loggers":
+            for logger, entry in (value.get("loggers") or {}).items():
+                yield from _described(LOGGER_SETTINGS[logger], entry or {}, f"loggers.{logger}")
         elif dataclasses.is_dataclass(kind):
             if name in value:
                 yield from _described(kind, value[name], key)

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 from avalanche.evaluation import PluginMetric
-from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.logging import TensorboardLogger, TextLogger
+from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.training.plugins import EvaluationPlugin
 
 from csl_avalanche import distributed
 from csl_avalanche.benchmarks.streams import CSLBenchmark
 from csl_avalanche.evaluation.metrics import LevelStatisticsMetric
+from csl_avalanche.experiments.loggers import CSV, make_loggers
 from csl_avalanche.experiments.schema import RunSettings
 from csl_avalanche.models.factories import linear_probe
 from csl_avalanche.models.registry import image_student
@@ -54,19 +54,19 @@ def student_model(settings: RunSettings, benchmark: CSLBenchmark) -> torch.nn.Mo
     )
 
 
-def make_evaluator(log_dir: Path, *extra_metrics: PluginMetric) -> EvaluationPlugin:
-    """Metrics on every rank, loggers on rank 0 only (Avalanche refuses them elsewhere)."""
+def make_evaluator(
+    settings: RunSettings, run_dir: Path, name: str, *extra_metrics: PluginMetric
+) -> EvaluationPlugin:
+    """Metrics on every rank, the configured loggers (`experiments.loggers`) of the strategy
+    `name` on rank 0 only (Avalanche refuses them elsewhere). The CSV logger's columns also
+    need each epoch's accuracy and loss, measured only when it is asked for."""
+    csv_columns = [accuracy_metrics(epoch=True), loss_metrics(epoch=True, experience=True)]
     return EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),
+        *(csv_columns if CSV in settings.loggers else []),
         *extra_metrics,
-        loggers=_loggers(log_dir) if distributed.is_main() else [],
+        loggers=make_loggers(settings.loggers, run_dir, name) if distributed.is_main() else [],
     )
-
-
-def _loggers(log_dir: Path) -> list:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    text_log = open(log_dir / "avalanche.log", "a")  # noqa: SIM115 - owned by the logger
-    return [TensorboardLogger(tb_log_dir=str(log_dir)), TextLogger(text_log)]
 
 
 def training_kwargs(settings: RunSettings, device: torch.device) -> dict:
@@ -110,7 +110,7 @@ def make_strategy(
     log_name: str | None = None,
 ) -> CSLStrategy:
     """The configured strategy, evaluated with `metrics` (and the co-supervision statistics);
-    it logs to tb/<log_name>, by default tb/<strategy name>."""
+    it logs as <log_name> (tb/<log_name>, ...), by default its strategy's name."""
     s = settings.strategy
     plugins = run_plugins(settings, s.name) + build_continual_plugins(settings.plugins)
     return STRATEGIES[s.name](
@@ -124,7 +124,9 @@ def make_strategy(
         reassign_every=s.reassign_every,
         reinit_student=s.reinit_student,
         evaluator=make_evaluator(
-            run_dir / "tb" / (log_name or s.name),
+            settings,
+            run_dir,
+            log_name or s.name,
             *metrics,
             LevelStatisticsMetric(),
         ),

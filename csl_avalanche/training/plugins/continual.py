@@ -121,7 +121,17 @@ class RWalkSettings:
     delta_t: int = setting(whole(1), "steps between score updates", default=10)
 
 
+@dataclass(frozen=True)
+class ShrinkPerturbSettings:
+    shrink: float = setting(UNIT, "each weight's factor before adding the fresh draw", default=0.5)
+    noise: float = setting(NON_NEGATIVE, "the weight of a fresh initialisation's draw", default=0.1)
+    seed: int | None = setting(
+        optional(whole(0, 2**32 - 1)), "seeds the fresh draws; null: the run's seed", default=None
+    )
+
+
 AVALANCHE = "avalanche.training.plugins."
+SHRINK_PERTURB = "csl_avalanche.training.plugins.plasticity.ShrinkPerturbPlugin"
 CSL_REPLAY = "csl_avalanche.training.plugins.cosupervised_replay.CoSupervisedReplayPlugin"
 
 # The arguments of the plugin classes we ship a config file for, by `_target_`.
@@ -135,7 +145,12 @@ KNOWN_ARGUMENTS: dict[str, type] = {
     AVALANCHE + "GDumbPlugin": GDumbSettings,
     AVALANCHE + "RWalkPlugin": RWalkSettings,
     CSL_REPLAY: CoSupervisedReplaySettings,
+    SHRINK_PERTURB: ShrinkPerturbSettings,
 }
+
+# Plugins that act on the student a level leaves to the next: a fresh student at every level
+# (strategy.reinit_student=true) makes them no-ops.
+CONTINUAL_ONLY = {SHRINK_PERTURB}
 
 # Plugins that build their own training loader or data once per experience (a re-assignment
 # mid-level would not reach it): the replays' [current | memory] loaders, GDumb's buffer.
