@@ -9,8 +9,7 @@ import pytest
 import torch
 import yaml
 from avalanche.training.plugins import EvaluationPlugin
-from conftest import REPO
-from continual_helpers import SMALL_PLUGINS, make_csl
+from continual_helpers import SHIPPED_CASES, SMALL_PLUGINS, make_csl
 
 from csl_avalanche.benchmarks.arrivals import make_arrival_benchmark
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
@@ -122,9 +121,6 @@ def test_a_checkpoint_that_cannot_be_written_says_why(tmp_path, monkeypatch, cod
         assert "space" not in message  # a permission problem is not blamed on the disk
 
 
-SHIPPED_FILES = sorted((REPO / "configs" / "plugins").glob("*.yaml"))
-
-
 def plugin_strategy(features, entry: dict):
     """A small continual CSL student with one shipped plugin (its file's arguments)."""
     torch.manual_seed(0)
@@ -141,8 +137,7 @@ def plugin_strategy(features, entry: dict):
     )
 
 
-@pytest.mark.parametrize("scenario", ["levels", "class_incremental"])
-@pytest.mark.parametrize("path", SHIPPED_FILES, ids=[path.stem for path in SHIPPED_FILES])
+@pytest.mark.parametrize(("path", "scenario"), SHIPPED_CASES)
 def test_each_shipped_plugin_is_restored_exactly(tiny_features, tmp_path, path, scenario):
     """Saved after the first unit (a level, or an arrival's two phases), restored into a new
     strategy: the rest trains to the very weights of the uninterrupted strategy."""

@@ -19,8 +19,8 @@ import torch
 import yaml
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin
-from conftest import REPO, make_feature_set
-from continual_helpers import SMALL_PLUGINS, run_csl
+from conftest import make_feature_set
+from continual_helpers import SHIPPED_CASES, SMALL_PLUGINS, run_csl
 from torch.utils.data import DataLoader, Dataset
 
 from csl_avalanche.benchmarks.arrivals import by_arrival, make_arrival_benchmark
@@ -257,9 +257,6 @@ def test_no_ground_truth_reaches_the_cosupervised_replay_buffer_or_its_batches(l
     assert all(logits.is_floating_point() for logits in state["logits"].values())
 
 
-SHIPPED_FILES = sorted((REPO / "configs" / "plugins").glob("*.yaml"))
-
-
 def held_datasets(plugin) -> list:
     """The datasets a plugin keeps in its attributes: a dataset, a list of them (AGEM's
     memories), or a storage policy's buffer (replay, GDumb)."""
@@ -272,8 +269,7 @@ def held_datasets(plugin) -> list:
     return held
 
 
-@pytest.mark.parametrize("scenario", ["levels", "class_incremental"])
-@pytest.mark.parametrize("path", SHIPPED_FILES, ids=[path.stem for path in SHIPPED_FILES])
+@pytest.mark.parametrize(("path", "scenario"), SHIPPED_CASES)
 def test_no_ground_truth_reaches_any_shipped_plugin(path, scenario):
     """Each file of the plugins config group, as shipped: every batch the strategy trains on,
     the level's dataset, and every dataset the plugin holds afterwards carry teacher labels."""
