@@ -4,6 +4,7 @@ folder (no network), CSV series without duplicates after a kill and a resume, ra
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from conftest import assert_clean_error, cli, make_feature_set
@@ -64,11 +65,11 @@ def test_csv_and_offline_wandb_write_under_the_run_folder(tmp_path, quick_run, o
     evaluations = rows(run_dir / "csv" / "csl" / "eval_results.csv")
     header = ["eval_exp", "training_exp", "eval_accuracy", "eval_loss", "forgetting"]
     assert evaluations[0] == header
+    results = json.loads((run_dir / "results.json").read_text())
+    subdomains, levels = len(results["subdomains"]), len(results["levels"])
     assert {(row[0], row[1]) for row in evaluations[1:]} == {
-        (str(e), str(t))
-        for e in range(4)
-        for t in range(2)  # 4 subdomains after 2 levels
-    }
+        (str(e), str(t)) for e in range(subdomains) for t in range(levels)
+    }  # every finest subdomain after every level
     training = rows(run_dir / "csv" / "csl" / "training_results.csv")[1:]
     assert len(training) >= 4 and all(float(row[2]) > 0 for row in training)  # epoch accuracy
     assert (run_dir / "csv" / "ceiling" / "eval_results.csv").is_file()
