@@ -64,15 +64,24 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def check_world(plugins: list[str]) -> None:
+def check_world(plugins: list[str], assignment: str = "class_partition") -> None:
     """What a data-parallel run cannot do, refused before any work: the anti-forgetting
-    `plugins` (names). Avalanche 0.6's EWC and LwF do not declare distributed support, and
-    replay brings its own loader, whose batches are per process (the global batch would grow
-    with P)."""
-    if world_size() > 1 and plugins:
+    `plugins` (names), and learned teacher weights. Avalanche 0.6's EWC and LwF do not declare
+    distributed support, and replay brings its own loader, whose batches are per process (the
+    global batch would grow with P); each rank would step its weights on its own share of the
+    batch (they would part)."""
+    if world_size() <= 1:
+        return
+    if plugins:
         raise ConfigError(
             f"plugins {', '.join(plugins)} are not supported under torchrun; run them in "
             "one process (python -m csl_avalanche.run)"
+        )
+    if assignment == "learned":
+        raise ConfigError(
+            "strategy.assignment=learned is not supported under torchrun (each rank would "
+            "step its teacher weights on its own share of the batch); run it in one process "
+            "(python -m csl_avalanche.run)"
         )
 
 

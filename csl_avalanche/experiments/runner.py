@@ -78,7 +78,7 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
     """
     config = plain_config(cfg)
     settings = read_settings(config)
-    distributed.check_world(list(settings.plugins))
+    distributed.check_world(list(settings.plugins), settings.strategy.assignment)
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunProgress.open(config, run_dir, resume=settings.resume) as progress:

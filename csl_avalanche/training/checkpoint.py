@@ -116,8 +116,8 @@ def _load_replay(plugin: ReplayPlugin, state: dict) -> None:
     for key, group in state["groups"].items():
         buffer = ReservoirSamplingBuffer(group["max_size"])
         if group["columns"]:
-            x, y, *soft, _task = group["columns"]
-            buffer.buffer = labelled_dataset(x, y, *soft)
+            x, y, *extra, _task = group["columns"]
+            buffer.buffer = labelled_dataset(x, y, *extra)
         buffer._buffer_weights = group["weights"]
         policy.buffer_groups[key] = buffer
 
