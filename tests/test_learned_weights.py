@@ -3,6 +3,7 @@ strategy that trains them with the student in both scenarios."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -195,3 +196,17 @@ def test_learned_weights_are_refused_under_torchrun(monkeypatch):
     distributed.check_world([], "class_partition")
     with pytest.raises(ConfigError, match="assignment=learned is not supported under torchrun"):
         distributed.check_world([], "learned")
+
+
+def test_the_weights_and_the_student_never_depend_on_the_pools_ground_truth():
+    features = make_feature_set()
+    shuffled = dataclasses.replace(
+        features, train_y=features.train_y[torch.randperm(len(features.train_y))]
+    ).validate()
+    runs = [
+        run_csl(f, assignment="learned", plugin_names=("replay",))[0] for f in (features, shuffled)
+    ]
+    first, second = (strategy.level_statistics[1].teacher_weights for strategy in runs)
+    assert first == second
+    for name, value in runs[0].model.state_dict().items():
+        assert torch.equal(runs[1].model.state_dict()[name], value), name

@@ -40,6 +40,7 @@ VARIANTS = {
     "continual-replay": ("strategy.reinit_student=false", "plugins=[replay]"),
     "continual-ewc": ("strategy.reinit_student=false", "plugins=[ewc]"),
     "continual-lwf": ("strategy.reinit_student=false", "plugins=[lwf]"),
+    "learned-weights": ("strategy.assignment=learned",),
 }
 
 
