@@ -66,7 +66,8 @@ def leave() -> None:
 
 def check_world(refusals: Mapping[str, str]) -> None:
     """What a data-parallel run cannot do, refused before any work: `refusals` maps each
-    anti-forgetting plugin that cannot run under torchrun (its config key and class) to why."""
+    setting that cannot run under torchrun (an anti-forgetting plugin, by its config key and
+    class; learned teacher weights) to why."""
     if world_size() > 1 and refusals:
         reasons = "; ".join(f"{plugin}: {why}" for plugin, why in refusals.items())
         raise ConfigError(

@@ -3,12 +3,15 @@ phase of a class-incremental arrival)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from avalanche.benchmarks.scenarios.generic_scenario import CLExperience
 
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.core.level_statistics import LevelStatistics
 from csl_avalanche.strategies.student import StudentTemplate
 from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin
+from csl_avalanche.training.plugins.learned_weights import LearnedWeightsPlugin
 
 
 class CSLStrategy(StudentTemplate):
@@ -17,7 +20,9 @@ class CSLStrategy(StudentTemplate):
     Train it on `benchmark.train_stream` one experience at a time (`levels(stream)`: those it
     takes; with `routes=False`, only the experiences the student does not route, the
     generalist's). `assignment`, `denoise`, `scale_epochs`, `chunk_size` and `reassign_every`
-    go to the plugin; the rest to StudentTemplate.
+    go to the plugin; with `assignment="learned"` a LearnedWeightsPlugin (`learned_weights`:
+    global or per_subdomain, `weights_lr`) trains the teacher weights; the rest goes to
+    StudentTemplate.
     """
 
     routes: bool = True
@@ -31,6 +36,8 @@ class CSLStrategy(StudentTemplate):
         scale_epochs: bool = True,
         chunk_size: int | None = None,
         reassign_every: int | None = None,
+        learned_weights: str = "per_subdomain",
+        weights_lr: float = 1.0,
         labels: str = "hard",
         plugins: list | None = None,
         **kwargs,
@@ -44,12 +51,22 @@ class CSLStrategy(StudentTemplate):
             chunk_size=chunk_size,
             reassign_every=reassign_every,
         )
+        own = [self.cosupervision]
+        if assignment == "learned":
+            own.append(LearnedWeightsPlugin(features, mode=learned_weights, lr=weights_lr))
         # The E-step must see the previous student before any other plugin acts on the level.
-        super().__init__(labels=labels, plugins=[self.cosupervision, *(plugins or [])], **kwargs)
+        super().__init__(labels=labels, plugins=[*own, *(plugins or [])], **kwargs)
 
     @property
     def level_statistics(self) -> list[LevelStatistics]:
         return self.cosupervision.stats
+
+    def record_teacher_weights(self, history: list) -> None:
+        """The learned teacher weights after each epoch of the experience just trained, kept
+        with its statistics (so results.json and the checkpoint hold them)."""
+        self.cosupervision.stats[-1] = replace(
+            self.cosupervision.stats[-1], teacher_weights=tuple(history)
+        )
 
     @classmethod
     def levels(cls, stream) -> list:

@@ -51,10 +51,11 @@ class LabelAudit:
         self.teacher_labels = features.teacher_train_probs.argmax(dim=2).T  # [N, T]
         self.index = {row.numpy().tobytes(): i for i, row in enumerate(features.train_x)}
 
-    def ground_truth_hits(
-        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
-    ) -> int:
-        """How many rows carry their sample's ground truth as label or soft-target argmax."""
+    def ground_truth_hits(self, x: torch.Tensor, y: torch.Tensor, *extra: torch.Tensor) -> int:
+        """How many rows carry their sample's ground truth as label or soft-target argmax
+        (`extra`: the columns between y and the task: the soft targets, the learned weights'
+        sample keys)."""
+        target = next((column for column in extra if column.is_floating_point()), None)
         samples = torch.tensor([self.index[row.numpy().tobytes()] for row in x.detach().cpu()])
         y = y.cpu()
         hits = y == self.truth[samples]
@@ -66,7 +67,7 @@ class LabelAudit:
 
     def dataset_hits(self, dataset) -> int:
         hits = 0
-        for batch in DataLoader(dataset, batch_size=256):  # [x, y, (soft target,) task]
+        for batch in DataLoader(dataset, batch_size=256):  # [x, y, (soft target, keys,) task]
             hits += self.ground_truth_hits(*batch[:-1])
         return hits
 
@@ -136,7 +137,7 @@ def spy_on_lwf(lwf: LwFPlugin, experiences: list) -> None:
     lwf.lwf.post_adapt = spied
 
 
-def run_arrivals(features: FeatureSet, *, labels: str, probes: tuple) -> int:
+def run_arrivals(features: FeatureSet, *, labels: str, probes: tuple, **options) -> int:
     """CSL on the class-incremental stream (every phase of every arrival), evaluated after
     each arrival; returns the number of train experiences."""
     benchmark = make_arrival_benchmark(features, [1, 0])  # 29 and 211 samples
@@ -152,6 +153,7 @@ def run_arrivals(features: FeatureSet, *, labels: str, probes: tuple) -> int:
         device="cpu",
         evaluator=EvaluationPlugin(loggers=[]),
         plugins=list(probes),
+        **options,
     )
     for group in by_arrival(benchmark.train_stream):
         for experience in group:
@@ -160,9 +162,12 @@ def run_arrivals(features: FeatureSet, *, labels: str, probes: tuple) -> int:
     return len(benchmark.train_stream)
 
 
+@pytest.mark.parametrize("assignment", ["class_partition", "learned"])
 @pytest.mark.parametrize("scenario", ["levels", "class_incremental"])
 @pytest.mark.parametrize("labels", ["hard", "soft"])
-def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels, scenario):
+def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels, scenario, assignment):
+    """`learned` too: its labels are recomputed from the teachers at every step, and its
+    weights learn from the teachers and the student only."""
     features = ground_truth_apart_from_teachers()
     audit = LabelAudit(features)
     loss, experiences = LossProbe(audit), ExperienceProbe(audit)
@@ -173,10 +178,10 @@ def test_no_ground_truth_reaches_buffer_fisher_lwf_or_loss(labels, scenario):
 
     probes = (replay, ewc, lwf, loss, experiences)
     if scenario == "levels":
-        run_csl(features, labels=labels, probes=probes)
+        run_csl(features, labels=labels, probes=probes, assignment=assignment)
         trained = 2
     else:
-        trained = run_arrivals(features, labels=labels, probes=probes)
+        trained = run_arrivals(features, labels=labels, probes=probes, assignment=assignment)
         assert trained == 4  # two arrivals, two phases each
 
     # Training losses, replayed samples included.

@@ -43,6 +43,7 @@ VARIANTS = {
     "continual-ewc": ("strategy.reinit_student=false", "plugins=[ewc]"),
     "continual-lwf": ("strategy.reinit_student=false", "plugins=[lwf]"),
     "continual-shrink_perturb": ("strategy.reinit_student=false", "plugins=[shrink_perturb]"),
+    "learned-weights": ("strategy.assignment=learned",),
 }
 
 

@@ -31,22 +31,22 @@ from csl_avalanche.core.hierarchy import Hierarchy
 def labelled_dataset(
     x: torch.Tensor,
     labels: torch.Tensor,
-    soft_targets: torch.Tensor | None = None,
-    *,
+    *extra: torch.Tensor | None,
     rows: torch.Tensor | None = None,
 ) -> TaskAwareSupervisedClassificationDataset:
     """An Avalanche dataset of `[x, y, task]`, or `[x, y, soft_target, task]` with soft targets.
 
-    The soft column sits between `y` and the task label, where it survives Avalanche's subset,
-    concat and replay. `rows` [n]: the dataset holds only these rows of the columns (a level's
-    kept samples, a subdomain's test samples), as an Avalanche subset: nothing is copied. The
-    dataset carries its columns (`columns.COLUMNS`), so that StudentTemplate's loader gathers
-    batches from them directly.
+    `extra`: columns between `y` and the task label, where they survive Avalanche's subset,
+    concat and replay: the soft targets, then (`strategy.assignment=learned`) the sample keys
+    (`training.plugins.learned_weights`); a None is left out. `rows` [n]: the dataset holds
+    only these rows of the columns (a level's kept samples, a subdomain's test samples), as an
+    Avalanche subset: nothing is copied. The dataset carries its columns (`columns.COLUMNS`), so
+    that StudentTemplate's loader gathers batches from them directly.
     """
-    columns = [x, labels] if soft_targets is None else [x, labels, soft_targets]
+    columns = [x, labels, *(column for column in extra if column is not None)]
     if len({len(column) for column in columns}) != 1:
         raise ValueError(
-            f"x, labels and soft targets disagree in length: {[len(c) for c in columns]}"
+            f"x, labels and the other columns disagree in length: {[len(c) for c in columns]}"
         )
     dataset = _make_taskaware_tensor_classification_dataset(*columns, task_labels=0, targets=labels)
     if rows is not None:  # Python ints: Avalanche lists the indices (~1 KB per tensor element)

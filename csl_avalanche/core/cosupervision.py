@@ -16,8 +16,11 @@ import torch.nn.functional as F
 ASSIGNMENT_RULES = ("class_partition", "likelihood", "kl", "oracle")
 # What `strategy.assignment` may name: a rule above; `posterior`, the E-step's posterior over
 # the teachers instead of its argmax (a mixture of the teachers per sample); or `ensemble` (no
-# assignment: the plain mean of the level's teachers).
-TARGET_RULES = (*ASSIGNMENT_RULES, "posterior", "ensemble")
+# assignment: the plain mean of the level's teachers); or `learned`, a mixture of the teachers
+# whose weights are learned with the student (`core.learned_weights`): the E-step gives it the
+# weights' uniform start, the ensemble's mean, and each sample's subdomain, routed as
+# `class_partition` routes it.
+TARGET_RULES = (*ASSIGNMENT_RULES, "posterior", "ensemble", "learned")
 LABEL_KINDS = ("hard", "soft")
 _EPS = 1e-12
 
@@ -72,9 +75,9 @@ def assign_teachers(
 
 def assignment_fault(rule: str, *, by_domain: bool) -> str | None:
     """Why `rule` cannot assign teachers whose subdomains are input domains, or None."""
-    if rule == "class_partition" and by_domain:
+    if rule in ("class_partition", "learned") and by_domain:
         return (
-            "strategy.assignment=class_partition routes samples by predicted class, but this "
+            f"strategy.assignment={rule} routes samples by predicted class, but this "
             "benchmark's subdomains are input domains (every teacher knows every class); "
             "use strategy.assignment=likelihood or kl"
         )
@@ -221,11 +224,13 @@ def sample_results(
 
     student_logits [n, C], None at level 0 (no previous student: the generalist, teacher 0,
     labels every sample, and nothing is filtered); teacher_probs [n, K, C]; rule: one of
-    TARGET_RULES (`ensemble`: the mean of the teachers); class_to_teacher and targets as for
-    `assign_teachers`. `posterior` assigns the argmax of `posterior_weights` and targets their
-    mixture of the teachers (`mixture_targets`). Every output row depends on its input row
-    only, so the results of consecutive chunks, concatenated, are those of the whole pool, bit
-    for bit; the selection over the whole pool is `select_kept`.
+    TARGET_RULES (`ensemble`: the mean of the teachers; `learned`: the same mean, the learned
+    weights' uniform start, with the `class_partition` assignment as each sample's subdomain);
+    class_to_teacher and targets as for `assign_teachers`. `posterior` assigns the argmax of
+    `posterior_weights` and targets their mixture of the teachers (`mixture_targets`). Every
+    output row depends on its input row only, so the results of consecutive chunks,
+    concatenated, are those of the whole pool, bit for bit; the selection over the whole pool
+    is `select_kept`.
     """
     n = teacher_probs.shape[0]
     if student_logits is None:
@@ -233,6 +238,12 @@ def sample_results(
         target_probs = gather_targets(teacher_probs, assignment)
     elif rule == "ensemble":
         assignment, target_probs = None, teacher_probs.mean(dim=1)
+    elif rule == "learned":
+        assignment = assign_teachers(
+            student_logits, teacher_probs, "class_partition", class_to_teacher=class_to_teacher
+        )
+        uniform = teacher_probs.new_full(teacher_probs.shape[:2], 1.0 / teacher_probs.shape[1])
+        target_probs = mixture_targets(uniform.float(), teacher_probs)
     elif rule == "posterior":
         weights = posterior_weights(student_logits, teacher_probs)
         assignment, target_probs = weights.argmax(dim=1), mixture_targets(weights, teacher_probs)

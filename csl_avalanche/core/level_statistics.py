@@ -22,9 +22,15 @@ class LevelStatistics:
     # `reassign_every`: each later pass's statistics (its epoch, keep rate, label precision and
     # recall, assignment and teacher accuracy), in order; the fields above are the first pass's.
     reassignments: tuple[dict, ...] = ()
+    # `assignment=learned`: the teacher weights [S][K] after each epoch, in order (absent from
+    # as_dict for every other rule).
+    teacher_weights: tuple[list, ...] = ()
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if not self.teacher_weights:
+            del values["teacher_weights"]
+        return values
 
 
 # What each reassignment records of its pass (besides its epoch).

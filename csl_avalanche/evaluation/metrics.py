@@ -266,3 +266,33 @@ class LevelStatisticsMetric(PluginMetric[dict]):
 
     def __str__(self) -> str:
         return "CSL"
+
+
+class TeacherWeightsMetric(PluginMetric[dict]):
+    """Logs the learned teacher weights (`strategy.assignment=learned`) after each epoch, one
+    scalar per subdomain and teacher, `CSL/teacher_weight/exp<stage>/subdomain<s>/teacher<k>`,
+    at the training iteration; nothing for any other rule."""
+
+    def __init__(self):
+        super().__init__()
+        self._last: list | None = None
+
+    def reset(self) -> None:
+        self._last = None
+
+    def result(self) -> list | None:
+        return self._last
+
+    def after_training_epoch(self, strategy) -> list[MetricValue]:
+        self._last = getattr(strategy.experience, "teacher_weights", None)
+        if self._last is None:
+            return []
+        stage, step = strategy.experience.stage, strategy.clock.train_iterations
+        return [
+            MetricValue(self, f"CSL/teacher_weight/exp{stage}/subdomain{s}/teacher{k}", w, step)
+            for s, row in enumerate(self._last)
+            for k, w in enumerate(row)
+        ]
+
+    def __str__(self) -> str:
+        return "CSL_teacher_weights"

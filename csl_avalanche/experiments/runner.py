@@ -82,13 +82,7 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
     """
     config = plain_config(cfg)
     settings = read_settings(config)
-    distributed.check_world(
-        {
-            f"plugins.{name} ({spec.target})": why
-            for name, spec in settings.plugins.items()
-            if (why := distributed_refusal(spec))
-        }
-    )
+    distributed.check_world(torchrun_refusals(settings))
     check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunProgress.open(config, run_dir, resume=settings.resume) as progress:
@@ -98,6 +92,20 @@ def run_experiment(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict:
             log.info("the run in %s is finished: nothing to do", run_dir)
             return results
         return _continue(settings, config, run_dir, progress)
+
+
+def torchrun_refusals(settings: RunSettings) -> dict[str, str]:
+    """The settings a data-parallel run cannot take, each with why."""
+    refusals = {
+        f"plugins.{name} ({spec.target})": why
+        for name, spec in settings.plugins.items()
+        if (why := distributed_refusal(spec))
+    }
+    if settings.strategy.assignment == "learned":
+        refusals["strategy.assignment=learned"] = (
+            "each rank would step its teacher weights on its own share of the batch"
+        )
+    return refusals
 
 
 def _continue(settings: RunSettings, config: dict, run_dir: Path, progress: RunProgress) -> dict:

@@ -31,9 +31,11 @@ from csl_avalanche.benchmarks.settings import SourceSettings, source_settings
 from csl_avalanche.core import cosupervision as cs
 from csl_avalanche.core.confidence_loss import LOSSES
 from csl_avalanche.core.errors import ConfigError
+from csl_avalanche.core.learned_weights import WEIGHT_MODES
 from csl_avalanche.core.rules import (
     BOOLEAN,
     LEARNING_RATE,
+    NON_NEGATIVE,
     PATH,
     UNIT,
     Rule,
@@ -100,15 +102,38 @@ class StrategySettings:
     logconf_warmup: float | None = setting(
         optional(UNIT), "logconf only: fraction of a level's steps to ramp it in (null: 0.2)"
     )
+    learned_weights: str | None = setting(
+        optional(choice(*WEIGHT_MODES)),
+        "learned only: one weight vector, or one per subdomain (null: per_subdomain)",
+        default=None,
+    )
+    weights_lr: float | None = setting(
+        optional(NON_NEGATIVE),
+        "learned only: the teacher weights' gradient step (null: 1.0; 0: uniform)",
+        default=None,
+    )
 
     def check(self) -> None:
-        """The confidence loss's knobs only with the confidence loss (else they would be
-        silently ignored)."""
+        """The confidence loss's and the learned weights' knobs only with them (else they
+        would be silently ignored); learned weights without re-assignment passes."""
         given = [k for k in ("logconf_alpha", "logconf_warmup") if getattr(self, k) is not None]
         if given and self.loss != "logconf":
             raise ConfigError(
                 f"strategy.{given[0]} sets the confidence loss, but strategy.loss={self.loss}; "
                 f"add strategy.loss=logconf or drop strategy.{given[0]}"
+            )
+        given = [k for k in ("learned_weights", "weights_lr") if getattr(self, k) is not None]
+        if given and self.assignment != "learned":
+            raise ConfigError(
+                f"strategy.{given[0]} sets the learned teacher weights, but "
+                f"strategy.assignment={self.assignment}; add strategy.assignment=learned or drop "
+                f"strategy.{given[0]}"
+            )
+        if self.assignment == "learned" and self.reassign_every is not None:
+            raise ConfigError(
+                "strategy.assignment=learned starts its weights uniform at each E-step, so "
+                f"strategy.reassign_every={self.reassign_every} would reset them mid-level; drop "
+                "strategy.reassign_every"
             )
 
 

@@ -16,7 +16,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from csl_avalanche import distributed
 from csl_avalanche.benchmarks.streams import CSLBenchmark
-from csl_avalanche.evaluation.metrics import LevelStatisticsMetric
+from csl_avalanche.evaluation.metrics import LevelStatisticsMetric, TeacherWeightsMetric
 from csl_avalanche.experiments.loggers import CSV, make_loggers
 from csl_avalanche.experiments.schema import RunSettings
 from csl_avalanche.models.factories import linear_probe
@@ -90,6 +90,14 @@ def loss_kwargs(settings: RunSettings) -> dict:
     return {"loss": s.loss, **{k: v for k, v in knobs.items() if v is not None}}
 
 
+def learned_kwargs(settings: RunSettings) -> dict:
+    """The learned teacher weights' knobs that are set (the others keep CSLStrategy's
+    defaults)."""
+    s = settings.strategy
+    knobs = {"learned_weights": s.learned_weights, "weights_lr": s.weights_lr}
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
 def run_plugins(settings: RunSettings, name: str) -> list:
     """The divergence check, and a progress bar if asked for."""
     advice = f"use a lower strategy.lr (now {settings.strategy.lr:g})"
@@ -122,6 +130,7 @@ def make_strategy(
         scale_epochs=s.scale_epochs,
         chunk_size=s.chunk_size,
         reassign_every=s.reassign_every,
+        **learned_kwargs(settings),
         reinit_student=s.reinit_student,
         evaluator=make_evaluator(
             settings,
@@ -129,6 +138,7 @@ def make_strategy(
             log_name or s.name,
             *metrics,
             LevelStatisticsMetric(),
+            TeacherWeightsMetric(),
         ),
         plugins=plugins,
         **loss_kwargs(settings),

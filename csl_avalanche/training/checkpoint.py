@@ -143,9 +143,10 @@ def _load_buffer(policy: BalancedExemplarsBuffer, state: dict) -> None:
 
 
 def _dataset(columns: list) -> Any:
-    """A materialised dataset ([x, y, (soft,) task] columns) as a labelled dataset again."""
-    x, y, *soft, _task = columns
-    return labelled_dataset(x, y, *soft)
+    """A materialised dataset ([x, y, (soft,) (keys,) task] columns) as a labelled dataset
+    again."""
+    x, y, *extra, _task = columns
+    return labelled_dataset(x, y, *extra)
 
 
 def _replay_state(plugin: ReplayPlugin) -> dict:

@@ -37,6 +37,7 @@ from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.core.estep import Student, chunk_rows, level_results
 from csl_avalanche.core.level_statistics import PASS_FIELDS, LevelStatistics
 from csl_avalanche.models.fit import predict
+from csl_avalanche.training.plugins.learned_weights import UNROUTED, sample_keys
 
 
 class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
@@ -151,9 +152,20 @@ class CoSupervisionPlugin(SupervisedPlugin, supports_distributed=True):
             pool_inputs(self.features, experience.samples),
             results.labels,
             results.soft,
+            self._keys(strategy, experience, results),
             rows=keep.nonzero().flatten(),
         )
         return results, keep
+
+    def _keys(self, strategy, experience, results: cs.SampleResults) -> torch.Tensor | None:
+        """`learned`: the samples' keys for the weights' plugin (every experience's dataset has
+        them, so that replay can mix them); None for every other rule."""
+        if self.assignment != "learned":
+            return None
+        samples = experience.samples
+        rows = torch.arange(len(self.features.train_y)) if samples is None else samples
+        stamp = strategy.clock.train_exp_counter if experience.routed else UNROUTED
+        return sample_keys(stamp, rows, results.assignment if experience.routed else None)
 
     def _blocks(self, strategy, experience) -> list[slice]:
         """Every process's block of the experience's samples: whole evaluation batches."""
