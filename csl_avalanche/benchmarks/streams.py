@@ -4,7 +4,8 @@ split (`benchmarks.validation`), the `val` stream is one experience holding it, 
 truth, for evaluation only.
 
 Every dataset here yields `[x, y, task]`, `y` the hard label, or `[x, y, soft_target, task]`
-when training on soft labels (a probability vector over classes). Train datasets only ever hold
+when training on soft labels (a probability vector over classes); with learned teacher weights
+a column of sample keys sits before the task (`labelled_dataset`). Train datasets only ever hold
 teacher labels; ground truth appears in the test stream and in the separate
 `ceiling` stream that trains the ground-truth ceiling.
 """
