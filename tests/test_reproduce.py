@@ -239,7 +239,7 @@ def test_rows_with_the_same_first_cell_are_told_apart_by_their_order(tmp_path):
     docs = _docs_copy(tmp_path)
     page = docs / "docs" / "class-incremental.md"
     page.write_text(page.read_text().replace("| 0.846 ± 0.063 |", "| 0.847 ± 0.063 |"))
-    assert reproduce.doc_mismatches(ENTRIES["class-incremental-learned-digits"], docs) == [
+    assert reproduce.doc_mismatches(ENTRIES["csl-replay-learned-digits"], docs) == [
         "docs/class-incremental.md: row 'replay', column 'digits' shows '0.847 ± 0.063', the "
         "manifest '0.846 ± 0.063'"
     ]
