@@ -179,10 +179,22 @@ def _lacks(need: str) -> str | None:
         import torch
 
         return None if torch.cuda.is_available() else "a CUDA GPU"
+    if need == "optuna":
+        if _importable("hydra_plugins.hydra_optuna_sweeper"):
+            return None
+        return "Hydra's Optuna sweeper (pip install '.[tune]')"
     raise ConfigError(
         f"the manifest names an unknown need {need!r}; "
-        "use repository, fashion-mnist, wordnet or cuda"
+        "use repository, fashion-mnist, wordnet, optuna or cuda"
     )
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` (dotted) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is not installed
+        return False
 
 
 def load_manifest(path: Path = MANIFEST) -> dict[str, Entry]:
@@ -360,11 +372,11 @@ def doc_section(text: str, heading: str) -> list[str]:
     return lines
 
 
-def doc_table(lines: list[str], header: str) -> list[list[str]]:
-    """A table as rows of cells, header first: the markdown table whose first header cell is
-    `header`, or the table in a code block (a command's output, cells split at whitespace) whose
-    header line starts with `header`."""
-    start = _table_start(lines, header)
+def doc_table(lines: list[str], header: str, occurrence: int = 1) -> list[list[str]]:
+    """A table as rows of cells, header first: the `occurrence`-th (from 1) markdown table whose
+    first header cell is `header`, or the table in a code block (a command's output, cells split at
+    whitespace) whose header line starts with `header`."""
+    start = _table_start(lines, header, occurrence)
     markdown = lines[start].startswith("|")
     rows = []
     for line in lines[start:]:
@@ -376,16 +388,21 @@ def doc_table(lines: list[str], header: str) -> list[list[str]]:
     return rows
 
 
-def _table_start(lines: list[str], header: str) -> int:
+def _table_start(lines: list[str], header: str, occurrence: int) -> int:
     """The index of the table's header line (doc_table)."""
-    in_code = False
+    in_code, seen, previous = False, 0, ""
     for index, line in enumerate(lines):
         in_code ^= line.startswith("```")
-        if line.startswith("|") and _markdown_cells(line)[0] == header:
-            return index
-        if in_code and header and line.startswith(header):
-            return index
-    raise ConfigError(f"no table starting {header!r}")
+        starts = line.startswith("|") and not previous.startswith("|")
+        if (starts and _markdown_cells(line)[0] == header) or (
+            in_code and header and line.startswith(header)
+        ):
+            seen += 1
+            if seen == occurrence:
+                return index
+        previous = line
+    number = f" (number {occurrence})" if occurrence > 1 else ""
+    raise ConfigError(f"no table starting {header!r}{number}")
 
 
 def _markdown_cells(line: str) -> list[str]:
@@ -399,7 +416,7 @@ def doc_mismatches(entry: Entry, docs: Path) -> list[str]:
     try:
         section = doc_section((docs / spec["doc"]).read_text(), spec["section"])
         if "columns" in spec:
-            table = doc_table(section, spec["table"])
+            table = doc_table(section, spec["table"], spec.get("occurrence", 1))
             faults += _row_mismatches(spec, table)
     except ConfigError as err:
         return [f"{entry.name}: {spec['doc']}: {err}"]
@@ -416,14 +433,15 @@ def _row_mismatches(spec: dict, table: list[list[str]]) -> list[str]:
     head, faults = table[0], []
     for row in spec["rows"]:
         found = [cells for cells in table[1:] if cells[0] == row["label"]]
-        if not found:
+        occurrence = row.get("occurrence", 1)  # rows may share a first cell
+        if len(found) < occurrence:
             faults.append(f"{spec['doc']}: table {spec['table']!r} has no row {row['label']!r}")
             continue
         for column, shown in zip(spec["columns"], row["shown"], strict=True):
             if column not in head:
                 faults.append(f"{spec['doc']}: table {spec['table']!r} has no column {column!r}")
                 continue
-            cell = found[0][head.index(column)]
+            cell = found[occurrence - 1][head.index(column)]
             if shown is not None and not (cell == str(shown) or cell.startswith(f"{shown} ")):
                 faults.append(
                     f"{spec['doc']}: row {row['label']!r}, column {column!r} shows {cell!r}, "
@@ -432,33 +450,40 @@ def _row_mismatches(spec: dict, table: list[list[str]]) -> list[str]:
     return faults
 
 
-def doc_tables(text: str) -> Iterator[tuple[str, str]]:
-    """(section, header start) of every markdown table of a page, and of every table a run
-    printed (the levels table in a code block)."""
+def doc_tables(text: str) -> Iterator[tuple[str, str, int]]:
+    """(section, header start, occurrence) of every markdown table of a page, and of every
+    table a run printed (the levels table in a code block); occurrence counts, from 1, the
+    tables of the section with that header (a section may hold one per benchmark)."""
     section, in_code, previous = "", False, ""
+    seen: dict[str, int] = {}
     for line in text.splitlines():
+        header = None
         if line.startswith("```"):
             in_code = not in_code
         elif not in_code and line.startswith("#"):
-            section = line.lstrip("#").strip()
+            section, seen = line.lstrip("#").strip(), {}
         elif not in_code and line.startswith("|") and not previous.startswith("|"):
-            yield section, _markdown_cells(line)[0]
+            header = _markdown_cells(line)[0]
         elif in_code and line.startswith("level teachers teacher_acc"):
-            yield section, "level teachers teacher_acc"
+            header = "level teachers teacher_acc"
+        if header is not None:
+            seen[header] = seen.get(header, 0) + 1
+            yield section, header, seen[header]
         previous = line
 
 
 def uncovered_tables(entries: dict[str, Entry], docs: Path, manifest: Path = MANIFEST) -> list[str]:
     """The tables of README.md and docs/*.md that no entry backs and the manifest does not
     list as holding no measurements."""
-    known = {(e.spec["doc"], e.spec["section"], e.spec["table"]) for e in entries.values()}
-    known |= {(t["doc"], t["section"], t["table"]) for t in not_measured(manifest)}
+    tables = [*(e.spec for e in entries.values()), *not_measured(manifest)]
+    known = {(t["doc"], t["section"], t["table"], t.get("occurrence", 1)) for t in tables}
     pages = [docs / "README.md", *sorted((docs / "docs").glob("*.md"))]
     return [
         f"{page.relative_to(docs)}: {section!r}, table {header!r}"
+        + (f" (number {occurrence})" if occurrence > 1 else "")
         for page in pages
-        for section, header in doc_tables(page.read_text())
-        if (str(page.relative_to(docs)), section, header) not in known
+        for section, header, occurrence in doc_tables(page.read_text())
+        if (str(page.relative_to(docs)), section, header, occurrence) not in known
     ]
 
 

@@ -218,3 +218,41 @@ def test_check_docs_says_the_docs_agree(capsys):
         reproduce.main(["--check-docs"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"the docs agree with the manifest ({len(ENTRIES)} entries)\n"
+
+
+def test_a_second_table_with_the_same_first_header_cell_is_a_table_of_its_own(tmp_path):
+    docs = _docs_copy(tmp_path)
+    others = {name: entry for name, entry in ENTRIES.items() if name != "plasticity-digits"}
+    assert reproduce.uncovered_tables(others, docs) == [
+        "docs/forgetting.md: 'Plasticity: shrink and perturb', table 'variant' (number 2)"
+    ]
+    page = docs / "docs" / "forgetting.md"
+    page.write_text(page.read_text().replace("0.302 ± 0.217", "0.303 ± 0.217"))
+    assert reproduce.doc_mismatches(ENTRIES["plasticity-fashion-mnist"], docs) == []
+    assert reproduce.doc_mismatches(ENTRIES["plasticity-digits"], docs) == [
+        "docs/forgetting.md: row 'continual, plugins=[shrink_perturb]', column 'PGR L2' shows "
+        "'0.303 ± 0.217', the manifest '0.302 ± 0.217'"
+    ]
+
+
+def test_rows_with_the_same_first_cell_are_told_apart_by_their_order(tmp_path):
+    docs = _docs_copy(tmp_path)
+    page = docs / "docs" / "class-incremental.md"
+    page.write_text(page.read_text().replace("| 0.846 ± 0.063 |", "| 0.847 ± 0.063 |"))
+    assert reproduce.doc_mismatches(ENTRIES["csl-replay-learned-digits"], docs) == [
+        "docs/class-incremental.md: row 'replay', column 'digits' shows '0.847 ± 0.063', the "
+        "manifest '0.846 ± 0.063'"
+    ]
+
+
+def test_an_entry_that_needs_the_optuna_sweeper_runs_only_where_it_is(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "hydra_plugins", None)  # not importable
+    assert reproduce._lacks("optuna") == "Hydra's Optuna sweeper (pip install '.[tune]')"
+    with pytest.raises(ConfigError, match="tuning-optuna cannot run here: it needs Hydra's Optuna"):
+        reproduce._choose(ENTRIES, Namespace(all=False, names=["tuning-optuna"]))
+    monkeypatch.delitem(sys.modules, "hydra_plugins")
+    sweeper = tmp_path / "hydra_plugins" / "hydra_optuna_sweeper"
+    sweeper.mkdir(parents=True)
+    (sweeper / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert reproduce._lacks("optuna") is None
