@@ -62,6 +62,9 @@ def whole_pool(features: FeatureSet, student, truth, rule, labels, criterion):
     elif rule == "posterior":
         weights = cs.posterior_weights(student, probs)
         assignment, target = weights.argmax(dim=1), cs.mixture_targets(weights, probs)
+    elif rule == "learned":  # routed as class_partition, the weights' uniform start
+        assignment = cs.assign_teachers(student, probs, "class_partition", class_to_teacher=owner)
+        target = probs.float().mean(dim=1)
     else:
         targets = truth if rule == "oracle" else None
         assignment = cs.assign_teachers(

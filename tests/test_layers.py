@@ -94,8 +94,11 @@ def _refused(scenario: str, strategy: str, plugins: list[str]) -> bool:
 
 
 def _combinations():
-    for benchmark, (scenario, strategies), plugins in itertools.product(
-        BENCHMARKS, STRATEGIES.items(), PLUGIN_SETS
+    """Every benchmark with every scenario and strategy; the plugin sets (whose keys do not
+    depend on the benchmark) on the first benchmark only."""
+    for benchmark, (scenario, strategies), plugins in itertools.chain(
+        itertools.product(BENCHMARKS, STRATEGIES.items(), PLUGIN_SETS[:1]),
+        itertools.product(BENCHMARKS[:1], STRATEGIES.items(), PLUGIN_SETS[1:]),
     ):
         # shrink_perturb needs a continual student (class_incremental has one)
         continual = ["strategy.reinit_student=false"] if plugins == ["shrink_perturb"] else []
@@ -108,7 +111,7 @@ def _combinations():
 
 
 def test_every_setting_of_every_shipped_combination_has_a_rule_and_a_description():
-    """Composes every benchmark x scenario x strategy x plugin set: each composed leaf is a
+    """Composes every benchmark x scenario x strategy, and every plugin set: each composed leaf is a
     field of the schema (read_settings refuses unknown keys) with a rule and a one-line
     description (described raises on a field without either)."""
     with initialize_config_module("csl_avalanche.configs", version_base="1.3"):
@@ -120,7 +123,7 @@ def test_every_setting_of_every_shipped_combination_has_a_rule_and_a_description
             leaves = _leaves({k: v for k, v in cfg.items() if k != "hydra"})
             assert sorted(leaves) == sorted(keys), overrides
             count += 1
-    assert count == len(BENCHMARKS) * (9 * len(PLUGIN_SETS) - 5)  # csl_replay: 4 of 9
+    assert count == 9 * len(BENCHMARKS) + 9 * (len(PLUGIN_SETS) - 1) - 5  # csl_replay: 4 of 9
 
 
 def _leaves(node, prefix: str = "") -> list[str]:

@@ -19,7 +19,6 @@ from avalanche.core import SupervisedPlugin
 from avalanche.logging import TensorboardLogger
 from conftest import (
     CLI_ENV,
-    REPO,
     assert_clean_error,
     cli,
     cli_command,
@@ -27,6 +26,7 @@ from conftest import (
     make_feature_set,
     run_cli,
 )
+from continual_helpers import REFUSED_IN, SHIPPED_FILES
 
 import csl_avalanche.experiments.levels as levels
 import csl_avalanche.experiments.runner as runner
@@ -444,7 +444,7 @@ def test_a_disk_that_fills_up_while_the_logs_are_flushed_gives_a_clean_error(
     assert [lvl["level"] for lvl in torch.load(run_dir / CHECKPOINT)["levels"]] == [0]
 
 
-SHIPPED_PLUGINS = sorted(path.stem for path in (REPO / "configs" / "plugins").glob("*.yaml"))
+SHIPPED_PLUGINS = [path.stem for path in SHIPPED_FILES if (path.stem, "levels") not in REFUSED_IN]
 
 
 @pytest.mark.parametrize("plugin", SHIPPED_PLUGINS)

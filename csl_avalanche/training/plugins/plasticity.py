@@ -43,6 +43,8 @@ class ShrinkPerturbPlugin(SupervisedPlugin, supports_distributed=True):
     `shrink * theta + noise * theta_fresh`. It acts after the E-step (which needs the student
     as it was trained) and before the experience's first step."""
 
+    keeps_state = False  # each draw is seeded by (seed, experience): nothing to checkpoint
+
     def __init__(self, shrink: float = 0.5, noise: float = 0.1, seed: int | None = None):
         """`seed` None: the run's seed, read (not drawn) from torch's generator, which the run
         seeds with `seed` before it builds a strategy (`torch.initial_seed()`)."""
