@@ -66,6 +66,24 @@ def make_csl(
     return strategy, forgetting
 
 
+def arrival_csl(features: FeatureSet, *plugins, **options) -> CSLStrategy:
+    """A small seeded continual CSL strategy for the class-incremental stream (batches of 8:
+    its arrivals are small) with `plugins`; `options` go to CSLStrategy (e.g. labels=)."""
+    torch.manual_seed(0)
+    return CSLStrategy(
+        model=linear_probe(features.train_x.shape[1], features.num_classes),
+        features=features,
+        reinit_student=False,
+        lr=0.01,
+        epochs=2,
+        batch_size=8,
+        device="cpu",
+        evaluator=EvaluationPlugin(loggers=[]),
+        plugins=list(plugins),
+        **options,
+    )
+
+
 def run_csl(features: FeatureSet, plugin_names: tuple[str, ...] = (), **kwargs):
     """Train every level, evaluating the test stream after each; returns (strategy, metric).
     Seeded, so that the outcome does not depend on which tests ran before."""

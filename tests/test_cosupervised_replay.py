@@ -8,15 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import EvaluationPlugin
 from conftest import make_feature_set
+from continual_helpers import arrival_csl
 
 from csl_avalanche.benchmarks.arrivals import by_arrival, make_arrival_benchmark
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
 from csl_avalanche.core.errors import ConfigError
-from csl_avalanche.models.factories import linear_probe
-from csl_avalanche.strategies import CSLStrategy
 from csl_avalanche.training.plugins.continual import CSL_REPLAY, build_continual_plugins
 from csl_avalanche.training.plugins.cosupervised_replay import (
     CoSupervisedReplayPlugin,
@@ -37,18 +35,7 @@ def csl_replay(**knobs) -> CoSupervisedReplayPlugin:
 def run_stream(features: FeatureSet, plugin, *probes, order=(0, 1, 2)) -> list[dict]:
     """CSL on the class-incremental stream of `features`; the plugin's rows after each
     arrival."""
-    torch.manual_seed(0)
-    strategy = CSLStrategy(
-        model=linear_probe(features.train_x.shape[1], features.num_classes),
-        features=features,
-        reinit_student=False,
-        lr=0.01,
-        epochs=2,
-        batch_size=8,
-        device="cpu",
-        evaluator=EvaluationPlugin(loggers=[]),
-        plugins=[plugin, *probes],
-    )
+    strategy = arrival_csl(features, plugin, *probes)
     benchmark = make_arrival_benchmark(features, list(order))
     snapshots = []
     for group in by_arrival(benchmark.train_stream):

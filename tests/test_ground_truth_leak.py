@@ -20,14 +20,14 @@ import yaml
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin
 from conftest import make_feature_set
-from continual_helpers import SHIPPED_CASES, SMALL_PLUGINS, run_csl
+from continual_helpers import SHIPPED_CASES, SMALL_PLUGINS, arrival_csl, run_csl
 from torch.utils.data import DataLoader, Dataset
 
 from csl_avalanche.benchmarks.arrivals import by_arrival, make_arrival_benchmark
 from csl_avalanche.benchmarks.features import FeatureSet
 from csl_avalanche.benchmarks.streams import make_csl_benchmark
 from csl_avalanche.models.factories import linear_probe
-from csl_avalanche.strategies import CSLStrategy, GroundTruthCeiling
+from csl_avalanche.strategies import GroundTruthCeiling
 from csl_avalanche.training.plugins.continual import CSL_REPLAY, build_continual_plugins
 from csl_avalanche.training.plugins.cosupervision import CoSupervisionPlugin
 
@@ -141,20 +141,7 @@ def run_arrivals(features: FeatureSet, *, labels: str, probes: tuple, **options)
     """CSL on the class-incremental stream (every phase of every arrival), evaluated after
     each arrival; returns the number of train experiences."""
     benchmark = make_arrival_benchmark(features, [1, 0])  # 29 and 211 samples
-    torch.manual_seed(0)
-    strategy = CSLStrategy(
-        model=linear_probe(features.train_x.shape[1], features.num_classes),
-        features=features,
-        labels=labels,
-        reinit_student=False,
-        lr=0.01,
-        epochs=2,
-        batch_size=8,
-        device="cpu",
-        evaluator=EvaluationPlugin(loggers=[]),
-        plugins=list(probes),
-        **options,
-    )
+    strategy = arrival_csl(features, *probes, labels=labels, **options)
     for group in by_arrival(benchmark.train_stream):
         for experience in group:
             strategy.train(experience, eval_streams=[])

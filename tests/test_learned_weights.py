@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-from avalanche.training.plugins import EvaluationPlugin
 from conftest import assert_clean_error, cli, make_feature_set, run_cli
-from continual_helpers import run_csl
+from continual_helpers import arrival_csl, run_csl
 from results_checks import compose_config
 
 from csl_avalanche import distributed
@@ -20,8 +19,6 @@ from csl_avalanche.core import learned_weights as lw
 from csl_avalanche.core.errors import ConfigError
 from csl_avalanche.experiments.runner import torchrun_refusals
 from csl_avalanche.experiments.schema import read_settings
-from csl_avalanche.models.factories import linear_probe
-from csl_avalanche.strategies import CSLStrategy
 
 # Two teachers over three classes, two samples: q[i, k, c].
 PROBS = torch.tensor(
@@ -128,19 +125,7 @@ def test_rate_zero_trains_exactly_as_the_ensemble_with_the_same_denoising():
 def test_class_incremental_arrivals_train_weights_over_the_arrived_teachers(labels):
     features = make_feature_set()
     benchmark = make_arrival_benchmark(features, [1, 0])
-    torch.manual_seed(0)
-    strategy = CSLStrategy(
-        model=linear_probe(features.train_x.shape[1], features.num_classes),
-        features=features,
-        assignment="learned",
-        labels=labels,
-        reinit_student=False,
-        lr=0.01,
-        epochs=2,
-        batch_size=8,
-        device="cpu",
-        evaluator=EvaluationPlugin(loggers=[]),
-    )
+    strategy = arrival_csl(features, assignment="learned", labels=labels)
     for group in by_arrival(benchmark.train_stream):
         for experience in group:
             strategy.train(experience, eval_streams=[])
