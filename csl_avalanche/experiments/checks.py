@@ -24,8 +24,7 @@ from csl_avalanche.experiments.loggers import TENSORBOARD
 from csl_avalanche.experiments.schema import RunSettings
 from csl_avalanche.storage.atomic import unwritable_because
 from csl_avalanche.storage.lock import lock_holder, take_lock
-
-LWF = "avalanche.training.plugins.LwFPlugin"
+from csl_avalanche.training.plugins.continual import LWF
 
 RESULTS = "results.json"
 LOCK = ".lock"  # held by the run that owns the folder

@@ -131,6 +131,7 @@ class ShrinkPerturbSettings:
 
 
 AVALANCHE = "avalanche.training.plugins."
+LWF = AVALANCHE + "LwFPlugin"
 SHRINK_PERTURB = "csl_avalanche.training.plugins.plasticity.ShrinkPerturbPlugin"
 CSL_REPLAY = "csl_avalanche.training.plugins.cosupervised_replay.CoSupervisedReplayPlugin"
 
@@ -138,7 +139,7 @@ CSL_REPLAY = "csl_avalanche.training.plugins.cosupervised_replay.CoSupervisedRep
 KNOWN_ARGUMENTS: dict[str, type] = {
     AVALANCHE + "ReplayPlugin": ReplaySettings,
     AVALANCHE + "EWCPlugin": EWCSettings,
-    AVALANCHE + "LwFPlugin": LwFSettings,
+    LWF: LwFSettings,
     "csl_avalanche.training.plugins.synaptic_intelligence.SynapticIntelligencePlugin": SISettings,
     AVALANCHE + "MASPlugin": MASSettings,
     AVALANCHE + "AGEMPlugin": AGEMSettings,
